@@ -1,0 +1,237 @@
+// IDX reader (MNIST / Fashion-MNIST format), raw or gzip-compressed.
+//
+// An IDX file is a big-endian 32-bit magic number 0x0000TTNN (TT: element type, 0x08 for
+// unsigned bytes; NN: number of dimensions), NN big-endian 32-bit dimension sizes, then the
+// elements in row-major order.
+#include <zlib.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <memory>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "mixtrain/data.hpp"
+#include "mixtrain/error.hpp"
+
+namespace mixtrain {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::uint32_t kImagesMagic = 0x00000803;
+constexpr std::uint32_t kLabelsMagic = 0x00000801;
+
+struct FileBytes {
+  std::vector<unsigned char> bytes;
+  bool compressed = false;
+  std::string gzip_problem;  // non-empty when the gzip stream ended early
+};
+
+void require_regular_file(const fs::path& path) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (!fs::exists(st)) throw DataError(fmt::format("{}: no such file", path.string()));
+  if (fs::is_directory(st)) {
+    throw DataError(fmt::format("{}: is a directory, expected an IDX file", path.string()));
+  }
+}
+
+// Reads the whole file; gzread passes files that are not gzip-compressed through unchanged.
+FileBytes read_all(const fs::path& path) {
+  require_regular_file(path);
+  gzFile file = gzopen(path.string().c_str(), "rb");
+  if (file == nullptr) {
+    throw DataError(fmt::format("{}: cannot open: {}", path.string(), std::strerror(errno)));
+  }
+  std::unique_ptr<gzFile_s, decltype(&gzclose)> guard(file, &gzclose);
+  gzbuffer(file, 1 << 17);
+  FileBytes out;
+  constexpr unsigned kChunk = 1 << 20;
+  for (;;) {
+    const std::size_t old_size = out.bytes.size();
+    out.bytes.resize(old_size + kChunk);
+    const int got = gzread(file, out.bytes.data() + old_size, kChunk);
+    if (got < 0) {
+      int errnum = 0;
+      const char* msg = gzerror(file, &errnum);
+      throw DataError(fmt::format("{}: corrupt gzip data: {}", path.string(), msg));
+    }
+    out.bytes.resize(old_size + static_cast<std::size_t>(got));
+    if (got == 0) break;
+  }
+  out.compressed = gzdirect(file) == 0;
+  // zlib reports a gzip stream cut short as end of file plus Z_BUF_ERROR.
+  int errnum = Z_OK;
+  const char* msg = gzerror(file, &errnum);
+  if (errnum == Z_BUF_ERROR) {
+    out.gzip_problem = fmt::format("{}: truncated gzip data ({}) after {} decompressed bytes",
+                                   path.string(), msg, out.bytes.size());
+  }
+  return out;
+}
+
+std::uint32_t read_be32(const unsigned char* p) {
+  return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) |
+         std::uint32_t{p[3]};
+}
+
+std::string describe_magic(std::uint32_t magic) {
+  if (magic == kImagesMagic) return "an IDX images file";
+  if (magic == kLabelsMagic) return "an IDX labels file";
+  if ((magic >> 16) == 0) {
+    return fmt::format("an IDX file of element type 0x{:02x} with {} dimensions",
+                       (magic >> 8) & 0xff, magic & 0xff);
+  }
+  return "not an IDX file";
+}
+
+std::string describe_contents(std::uint32_t magic, const std::vector<std::uint32_t>& dims) {
+  if (magic == kImagesMagic) return fmt::format("{} images of {}x{}", dims[0], dims[1], dims[2]);
+  return fmt::format("{} labels", dims[0]);
+}
+
+// Product of dims, saturating at the largest uint64 (then it cannot match any real file).
+std::uint64_t element_count(const std::vector<std::uint32_t>& dims) {
+  std::uint64_t n = 1;
+  for (std::uint32_t d : dims) {
+    if (d != 0 && n > std::numeric_limits<std::uint64_t>::max() / d) {
+      return std::numeric_limits<std::uint64_t>::max();
+    }
+    n *= d;
+  }
+  return n;
+}
+
+struct IdxContents {
+  std::vector<std::uint32_t> dims;
+  const unsigned char* data;
+};
+
+// Checks the magic number and that the file holds exactly the data its header announces.
+IdxContents parse_idx(const fs::path& path, const FileBytes& file, std::uint32_t magic) {
+  const std::vector<unsigned char>& bytes = file.bytes;
+  const std::string name = path.string();
+  if (bytes.size() < 4) {
+    throw DataError(
+        fmt::format("{}: truncated: the file ends after {} bytes, before the 4-byte magic number",
+                    name, bytes.size()));
+  }
+  const std::uint32_t found = read_be32(bytes.data());
+  if (found != magic) {
+    throw DataError(fmt::format("{}: bad magic number 0x{:08x} ({}); expected 0x{:08x} ({})", name,
+                                found, describe_magic(found), magic, describe_magic(magic)));
+  }
+  const std::size_t ndims = magic & 0xff;
+  const std::size_t header_size = 4 + 4 * ndims;
+  if (bytes.size() < header_size) {
+    throw DataError(
+        fmt::format("{}: truncated: the file ends after {} bytes, inside the {}-byte header", name,
+                    bytes.size(), header_size));
+  }
+  IdxContents out;
+  for (std::size_t i = 0; i < ndims; ++i) out.dims.push_back(read_be32(&bytes[4 + 4 * i]));
+  out.data = bytes.data() + header_size;
+  const std::uint64_t count = element_count(out.dims);
+  const std::uint64_t available = bytes.size() - header_size;
+  if (count > available) {
+    throw DataError(fmt::format("{}: truncated: header says {} but the file ends after {} bytes{}",
+                                name, describe_contents(magic, out.dims), bytes.size(),
+                                file.compressed ? " (decompressed)" : ""));
+  }
+  if (count < available) {
+    throw DataError(fmt::format("{}: {} unexpected bytes after the {} the header announces", name,
+                                available - count, describe_contents(magic, out.dims)));
+  }
+  if (!file.gzip_problem.empty()) throw DataError(file.gzip_problem);
+  if (count == 0) {
+    throw DataError(fmt::format("{}: holds no data (header says {})", name,
+                                describe_contents(magic, out.dims)));
+  }
+  return out;
+}
+
+std::vector<float> scale_pixels(const unsigned char* pixels, std::size_t n) {
+  std::array<float, 256> table{};
+  for (std::size_t v = 0; v < table.size(); ++v) table[v] = static_cast<float>(v) / 255.0f;
+  std::vector<float> out(n);
+  for (std::size_t i = 0; i < n; ++i) out[i] = table[pixels[i]];
+  return out;
+}
+
+// Fashion-MNIST file `stem` in `dir`, preferring the .gz form.
+fs::path find_fashion_file(const fs::path& dir, const std::string& stem) {
+  const fs::path gz = dir / (stem + ".gz");
+  const fs::path raw = dir / stem;
+  std::error_code ec;
+  if (fs::exists(gz, ec)) return gz;
+  if (fs::exists(raw, ec)) return raw;
+  const std::string hint =
+      "install the dataset with `apt-get install dataset-fashion-mnist` or pass --data-dir "
+      "pointing at a directory that holds it";
+  if (!fs::is_directory(dir, ec)) {
+    throw DataError(
+        fmt::format("Fashion-MNIST directory {} does not exist; {}", dir.string(), hint));
+  }
+  throw DataError(
+      fmt::format("Fashion-MNIST file {} (or {}) not found; {}", gz.string(), raw.string(), hint));
+}
+
+}  // namespace
+
+Dataset read_idx(const fs::path& images, const fs::path& labels, bool image_layout) {
+  const FileBytes image_file = read_all(images);
+  const IdxContents img = parse_idx(images, image_file, kImagesMagic);
+  const FileBytes label_file = read_all(labels);
+  const IdxContents lab = parse_idx(labels, label_file, kLabelsMagic);
+  if (img.dims[0] != lab.dims[0]) {
+    throw DataError(fmt::format("{} has {} images but {} has {} labels", images.string(),
+                                img.dims[0], labels.string(), lab.dims[0]));
+  }
+  const std::size_t n = img.dims[0];
+  const std::size_t rows = img.dims[1];
+  const std::size_t cols = img.dims[2];
+
+  Dataset data;
+  data.features = scale_pixels(img.data, n * rows * cols);
+  if (image_layout) {
+    data.sample_shape = {1, static_cast<std::int64_t>(rows), static_cast<std::int64_t>(cols)};
+  } else {
+    data.sample_shape = {static_cast<std::int64_t>(rows * cols)};
+  }
+  data.labels.assign(lab.data, lab.data + n);
+  int max_label = 0;
+  for (std::int32_t l : data.labels) max_label = std::max(max_label, l);
+  data.num_classes = max_label + 1;
+  return data;
+}
+
+Dataset load_fashion_mnist(const fs::path& dir, const std::string& split, bool image_layout) {
+  std::string prefix;
+  if (split == "train") {
+    prefix = "train";
+  } else if (split == "test") {
+    prefix = "t10k";
+  } else {
+    throw ConfigError(
+        fmt::format("Fashion-MNIST split must be \"train\" or \"test\", got \"{}\"", split));
+  }
+  const fs::path images = find_fashion_file(dir, prefix + "-images-idx3-ubyte");
+  const fs::path labels = find_fashion_file(dir, prefix + "-labels-idx1-ubyte");
+  return read_idx(images, labels, image_layout);
+}
+
+fs::path default_fashion_mnist_dir() {
+  return "/usr/share/datasets/fashion-mnist";
+}
+
+}  // namespace mixtrain
