@@ -32,10 +32,8 @@ MIXTRAIN_HD void adam_moments(float beta1, float beta2, float g, float* s) {
 MIXTRAIN_HD void adam_update(float beta1, float beta2, float epsilon,
                              const OptimizerStepScalars& sc, float& p, float g, float* s) {
   adam_moments(beta1, beta2, g, s);
-  const float bias_correction1 = one_minus_pow(beta1, sc.step);
-  const float bias_correction2 = one_minus_pow(beta2, sc.step);
-  const float denom = sqrtf(s[1]) / sqrtf(bias_correction2) + epsilon;
-  p -= (sc.lr / bias_correction1) * s[0] / denom;
+  const float denom = sqrtf(s[1]) / sqrtf(sc.bias_correction2) + epsilon;
+  p -= (sc.lr / sc.bias_correction1) * s[0] / denom;
 }
 
 }  // namespace optimizer_detail
@@ -44,7 +42,16 @@ MIXTRAIN_HD OptimizerStepScalars optimizer_step_scalars(const OptimizerHyper& h,
                                                         float grad_factor,
                                                         std::int32_t applied_steps,
                                                         float mu_product_before) {
-  OptimizerStepScalars sc{lr, grad_factor, applied_steps + 1, 0.0f, 0.0f, mu_product_before};
+  OptimizerStepScalars sc{lr,   grad_factor, applied_steps + 1, 0.0f, 0.0f, mu_product_before,
+                          1.0f, 1.0f};
+  const float beta1 = h.kind == Optimizer::AdamW ? h.adamw.beta1
+                      : h.kind == Optimizer::Nadam ? h.nadam.beta1
+                                                   : h.adam.beta1;
+  const float beta2 = h.kind == Optimizer::AdamW ? h.adamw.beta2
+                      : h.kind == Optimizer::Nadam ? h.nadam.beta2
+                                                   : h.adam.beta2;
+  sc.bias_correction1 = optimizer_detail::one_minus_pow(beta1, sc.step);
+  sc.bias_correction2 = optimizer_detail::one_minus_pow(beta2, sc.step);
   if (h.kind == Optimizer::Nadam) {
     sc.mu_t = optimizer_detail::nadam_mu(h.nadam, sc.step);
     sc.mu_next = optimizer_detail::nadam_mu(h.nadam, sc.step + 1);
@@ -129,8 +136,7 @@ MIXTRAIN_HD void optimizer_update_element(const OptimizerHyper& h, const Optimiz
     case Optimizer::Nadam: {
       const NadamOptions& o = h.nadam;
       optimizer_detail::adam_moments(o.beta1, o.beta2, g, s);
-      const float bias_correction2 = optimizer_detail::one_minus_pow(o.beta2, sc.step);
-      const float denom = sqrtf(s[1] / bias_correction2) + o.epsilon;
+      const float denom = sqrtf(s[1] / sc.bias_correction2) + o.epsilon;
       p -= sc.lr * (1.0f - sc.mu_t) / (1.0f - sc.mu_product) * g / denom;
       p -= sc.lr * sc.mu_next / (1.0f - sc.mu_product * sc.mu_next) * s[0] / denom;
       return;

@@ -1,0 +1,18 @@
+// Tensor shapes: dimension sizes, outermost first. The first dimension of an activation is the
+// batch.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace mixtrain {
+
+using Shape = std::vector<std::int64_t>;
+
+// Number of elements (1 for a scalar shape {}).
+std::int64_t numel(const Shape& shape);
+// "[64, 784]"
+std::string shape_str(const Shape& shape);
+
+}  // namespace mixtrain

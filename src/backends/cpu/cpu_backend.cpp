@@ -1,0 +1,96 @@
+#include "backends/cpu/cpu_backend.hpp"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "backends/cpu/cpu_optimizer.hpp"
+#include "train/scaler_math.hpp"
+
+namespace mixtrain {
+
+namespace cpu {
+
+namespace {
+// Allocations carry their size in a 64-byte header so free() can keep the in-use count.
+constexpr std::size_t kHeader = 64;
+}  // namespace
+
+void* CpuBackend::alloc(std::size_t bytes) {
+  void* base = std::aligned_alloc(64, kHeader + ((bytes + 63) / 64) * 64);
+  if (base == nullptr) throw std::bad_alloc();
+  *static_cast<std::size_t*>(base) = bytes;
+  in_use_ += bytes;
+  if (in_use_ > peak_) peak_ = in_use_;
+  return static_cast<char*>(base) + kHeader;
+}
+
+void CpuBackend::free(void* ptr) {
+  if (ptr == nullptr) return;
+  void* base = static_cast<char*>(ptr) - kHeader;
+  in_use_ -= *static_cast<std::size_t*>(base);
+  std::free(base);
+}
+
+void CpuBackend::upload(void* dst, const void* host_src, std::size_t bytes) {
+  std::memcpy(dst, host_src, bytes);
+}
+
+void CpuBackend::download(void* host_dst, const void* src, std::size_t bytes) {
+  std::memcpy(host_dst, src, bytes);
+}
+
+void CpuBackend::run_step(const std::string& /*key*/, const std::function<void()>& body) {
+  body();
+}
+
+std::vector<float>& CpuBackend::scratch(int slot, std::size_t count) {
+  auto& v = scratch_[slot];
+  if (v.size() < count) v.resize(count);
+  return v;
+}
+
+void CpuBackend::unscale_and_check(float* grad, std::int64_t count, StepControl* control) {
+  // Fixed-size blocks summed in a fixed order: the norm is bit-identical for any thread count.
+  constexpr std::int64_t kBlock = 4096;
+  const std::int64_t blocks = (count + kBlock - 1) / kBlock;
+  std::vector<double> partial(static_cast<std::size_t>(blocks));
+  std::vector<unsigned char> bad(static_cast<std::size_t>(blocks));
+  const float inv = control->inv_scale;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    const std::int64_t end = std::min(count, (b + 1) * kBlock);
+    double sum = 0.0;
+    bool nonfinite = false;
+    for (std::int64_t i = b * kBlock; i < end; ++i) {
+      const float g = grad[i] * inv;
+      grad[i] = g;
+      nonfinite |= !std::isfinite(g);
+      sum += static_cast<double>(g) * g;
+    }
+    partial[static_cast<std::size_t>(b)] = sum;
+    bad[static_cast<std::size_t>(b)] = nonfinite;
+  }
+  double total = 0.0;
+  bool any_bad = false;
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    total += partial[static_cast<std::size_t>(b)];
+    any_bad |= bad[static_cast<std::size_t>(b)] != 0;
+  }
+  control->found_inf = any_bad ? 1.0f : 0.0f;
+  control->grad_norm_sq = any_bad ? INFINITY : static_cast<float>(total);
+}
+
+void CpuBackend::optimizer_step(const OptimizerDesc& desc) { cpu_optimizer_step(desc); }
+
+void CpuBackend::finish_step(StepControl* control, const ScalerParams& params,
+                             const OptimizerHyper& hyper, StepRecord* history) {
+  finish_step_math(*control, params, hyper, history);
+}
+
+}  // namespace cpu
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<cpu::CpuBackend>(); }
+
+}  // namespace mixtrain

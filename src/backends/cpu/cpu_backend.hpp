@@ -1,0 +1,62 @@
+// The CPU backend: the portable default and the numerical reference. GEMMs go through OpenBLAS
+// (fp16/bf16 operands are widened to fp32 first, exactly as tensor cores accumulate in fp32);
+// every other op is an OpenMP loop templated on the storage type.
+#pragma once
+
+#include <vector>
+
+#include "ops/backend.hpp"
+
+namespace mixtrain::cpu {
+
+class CpuBackend final : public Backend {
+ public:
+  std::string name() const override { return "cpu"; }
+
+  void* alloc(std::size_t bytes) override;
+  void free(void* ptr) override;
+  void upload(void* dst, const void* host_src, std::size_t bytes) override;
+  void download(void* host_dst, const void* src, std::size_t bytes) override;
+  void synchronize() override {}
+  void* alloc_host(std::size_t bytes) override { return alloc(bytes); }
+  void free_host(void* ptr) override { free(ptr); }
+  std::size_t memory_in_use() const override { return in_use_; }
+  std::size_t peak_memory() const override { return peak_; }
+
+  void run_step(const std::string& key, const std::function<void()>& body) override;
+  void reset_steps() override {}
+
+  void fill(Buf x, std::int64_t n, float value) override;
+  void convert(CBuf src, Buf dst, std::int64_t n, bool accumulate) override;
+  void add(CBuf a, CBuf b, Buf y, std::int64_t n) override;
+  void activation_forward(Activation act, float alpha, CBuf x, Buf y, std::int64_t n) override;
+  void activation_backward(Activation act, float alpha, CBuf x, CBuf y, CBuf dy, Buf dx,
+                           std::int64_t n, bool accumulate) override;
+  void dropout_forward(float rate, std::uint64_t salt, CBuf x, Buf y, std::int64_t n,
+                       const StepControl* control) override;
+  void dropout_backward(float rate, std::uint64_t salt, CBuf dy, Buf dx, std::int64_t n,
+                        const StepControl* control, bool accumulate) override;
+  void softmax_forward(CBuf x, Buf y, std::int64_t rows, std::int64_t cols) override;
+  void softmax_backward(CBuf y, CBuf dy, Buf dx, std::int64_t rows, std::int64_t cols,
+                        bool accumulate) override;
+
+  void gemm(const GemmDesc& desc) override;
+  void bias_grad(CBuf dy, float* db, std::int64_t rows, std::int64_t cols,
+                 bool accumulate) override;
+
+  void loss(const LossDesc& desc) override;
+
+  void unscale_and_check(float* grad, std::int64_t count, StepControl* control) override;
+  void optimizer_step(const OptimizerDesc& desc) override;
+  void finish_step(StepControl* control, const ScalerParams& params, const OptimizerHyper& hyper,
+                   StepRecord* history) override;
+
+ private:
+  // Grow-only fp32 staging for widened GEMM operands; sized on first use and then reused.
+  std::vector<float>& scratch(int slot, std::size_t count);
+  std::vector<float> scratch_[3];
+  std::size_t in_use_ = 0;
+  std::size_t peak_ = 0;
+};
+
+}  // namespace mixtrain::cpu

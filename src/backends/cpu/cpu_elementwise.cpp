@@ -1,0 +1,170 @@
+#include <algorithm>
+#include <cmath>
+
+#include "backends/cpu/cpu_backend.hpp"
+#include "backends/cpu/cpu_dispatch.hpp"
+#include "ops/activation_math.hpp"
+#include "ops/counter_rng.hpp"
+
+namespace mixtrain::cpu {
+
+namespace {
+
+template <typename T>
+void write(T* out, std::int64_t i, float v, bool accumulate) {
+  out[i] = store<T>(accumulate ? load(out[i]) + v : v);
+}
+
+void require_same(DType a, DType b, const char* op) {
+  if (a != b) {
+    throw Error(std::string("internal: ") + op + " needs matching dtypes, got " +
+                std::string(dtype_name(a)) + " and " + std::string(dtype_name(b)));
+  }
+}
+
+}  // namespace
+
+void CpuBackend::fill(Buf x, std::int64_t n, float value) {
+  if (x.dtype == DType::I32) {
+    std::fill_n(as<std::int32_t>(x.ptr), n, static_cast<std::int32_t>(value));
+    return;
+  }
+  dispatch_float(x.dtype, [&](auto t) {
+    using T = decltype(t);
+    std::fill_n(as<T>(x.ptr), n, store<T>(value));
+  });
+}
+
+void CpuBackend::convert(CBuf src, Buf dst, std::int64_t n, bool accumulate) {
+  dispatch_float(src.dtype, [&](auto s) {
+    using S = decltype(s);
+    dispatch_float(dst.dtype, [&](auto d) {
+      using D = decltype(d);
+      const S* in = as<S>(src.ptr);
+      D* out = as<D>(dst.ptr);
+#pragma omp parallel for schedule(static)
+      for (std::int64_t i = 0; i < n; ++i) write(out, i, load(in[i]), accumulate);
+    });
+  });
+}
+
+void CpuBackend::add(CBuf a, CBuf b, Buf y, std::int64_t n) {
+  require_same(a.dtype, b.dtype, "add");
+  require_same(a.dtype, y.dtype, "add");
+  dispatch_float(y.dtype, [&](auto t) {
+    using T = decltype(t);
+    const T* pa = as<T>(a.ptr);
+    const T* pb = as<T>(b.ptr);
+    T* py = as<T>(y.ptr);
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) py[i] = store<T>(load(pa[i]) + load(pb[i]));
+  });
+}
+
+void CpuBackend::activation_forward(Activation act, float alpha, CBuf x, Buf y, std::int64_t n) {
+  require_same(x.dtype, y.dtype, "activation_forward");
+  dispatch_float(y.dtype, [&](auto t) {
+    using T = decltype(t);
+    const T* px = as<T>(x.ptr);
+    T* py = as<T>(y.ptr);
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) py[i] = store<T>(activation_value(act, alpha, load(px[i])));
+  });
+}
+
+void CpuBackend::activation_backward(Activation act, float alpha, CBuf x, CBuf y, CBuf dy, Buf dx,
+                                     std::int64_t n, bool accumulate) {
+  require_same(x.dtype, dy.dtype, "activation_backward");
+  require_same(x.dtype, dx.dtype, "activation_backward");
+  dispatch_float(dx.dtype, [&](auto t) {
+    using T = decltype(t);
+    const T* px = as<T>(x.ptr);
+    const T* py = as<T>(y.ptr);
+    const T* pdy = as<T>(dy.ptr);
+    T* pdx = as<T>(dx.ptr);
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) {
+      const float yv = py != nullptr ? load(py[i]) : 0.0f;
+      write(pdx, i, load(pdy[i]) * activation_derivative(act, alpha, load(px[i]), yv), accumulate);
+    }
+  });
+}
+
+void CpuBackend::dropout_forward(float rate, std::uint64_t salt, CBuf x, Buf y, std::int64_t n,
+                                 const StepControl* control) {
+  require_same(x.dtype, y.dtype, "dropout_forward");
+  const float keep_scale = 1.0f / (1.0f - rate);
+  const std::uint64_t seed = control->seed;
+  const std::int32_t iteration = control->iteration;
+  dispatch_float(y.dtype, [&](auto t) {
+    using T = decltype(t);
+    const T* px = as<T>(x.ptr);
+    T* py = as<T>(y.ptr);
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) {
+      const bool keep = counter_uniform(seed, iteration, salt, static_cast<std::uint64_t>(i)) >= rate;
+      py[i] = store<T>(keep ? load(px[i]) * keep_scale : 0.0f);
+    }
+  });
+}
+
+void CpuBackend::dropout_backward(float rate, std::uint64_t salt, CBuf dy, Buf dx, std::int64_t n,
+                                  const StepControl* control, bool accumulate) {
+  require_same(dy.dtype, dx.dtype, "dropout_backward");
+  const float keep_scale = 1.0f / (1.0f - rate);
+  const std::uint64_t seed = control->seed;
+  const std::int32_t iteration = control->iteration;
+  dispatch_float(dx.dtype, [&](auto t) {
+    using T = decltype(t);
+    const T* pdy = as<T>(dy.ptr);
+    T* pdx = as<T>(dx.ptr);
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) {
+      const bool keep = counter_uniform(seed, iteration, salt, static_cast<std::uint64_t>(i)) >= rate;
+      write(pdx, i, keep ? load(pdy[i]) * keep_scale : 0.0f, accumulate);
+    }
+  });
+}
+
+void CpuBackend::softmax_forward(CBuf x, Buf y, std::int64_t rows, std::int64_t cols) {
+  require_same(x.dtype, y.dtype, "softmax_forward");
+  dispatch_float(y.dtype, [&](auto t) {
+    using T = decltype(t);
+    const T* px = as<T>(x.ptr);
+    T* py = as<T>(y.ptr);
+#pragma omp parallel for schedule(static)
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const T* in = px + r * cols;
+      T* out = py + r * cols;
+      float mx = -INFINITY;
+      for (std::int64_t c = 0; c < cols; ++c) mx = std::max(mx, load(in[c]));
+      float sum = 0.0f;
+      for (std::int64_t c = 0; c < cols; ++c) sum += std::exp(load(in[c]) - mx);
+      const float inv = 1.0f / sum;
+      for (std::int64_t c = 0; c < cols; ++c) out[c] = store<T>(std::exp(load(in[c]) - mx) * inv);
+    }
+  });
+}
+
+void CpuBackend::softmax_backward(CBuf y, CBuf dy, Buf dx, std::int64_t rows, std::int64_t cols,
+                                  bool accumulate) {
+  require_same(y.dtype, dy.dtype, "softmax_backward");
+  require_same(y.dtype, dx.dtype, "softmax_backward");
+  dispatch_float(dx.dtype, [&](auto t) {
+    using T = decltype(t);
+    const T* py = as<T>(y.ptr);
+    const T* pdy = as<T>(dy.ptr);
+    T* pdx = as<T>(dx.ptr);
+#pragma omp parallel for schedule(static)
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int64_t o = r * cols;
+      float dot = 0.0f;
+      for (std::int64_t c = 0; c < cols; ++c) dot += load(py[o + c]) * load(pdy[o + c]);
+      for (std::int64_t c = 0; c < cols; ++c) {
+        write(pdx, o + c, load(py[o + c]) * (load(pdy[o + c]) - dot), accumulate);
+      }
+    }
+  });
+}
+
+}  // namespace mixtrain::cpu

@@ -1,0 +1,124 @@
+#include <cblas.h>
+
+#include <string>
+
+#include "backends/cpu/cpu_backend.hpp"
+#include "backends/cpu/cpu_convert.hpp"
+#include "backends/cpu/cpu_dispatch.hpp"
+
+namespace mixtrain::cpu {
+
+namespace {
+
+// Widens a stored row-major matrix (rows x cols, leading dimension ld) into dense fp32.
+void widen_matrix(CBuf src, std::int64_t offset, std::int64_t rows, std::int64_t cols,
+                  std::int64_t ld, float* dst) {
+  dispatch_float(src.dtype, [&](auto t) {
+    using T = decltype(t);
+    const T* base = as<T>(src.ptr) + offset;
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+    for (std::int64_t r = 0; r < rows; ++r) widen(base + r * ld, dst + r * cols, cols);
+  });
+}
+
+}  // namespace
+
+void CpuBackend::gemm(const GemmDesc& d) {
+  if (d.a.dtype != d.b.dtype) {
+    throw Error("internal: gemm operands differ in dtype (" + std::string(dtype_name(d.a.dtype)) +
+                " and " + std::string(dtype_name(d.b.dtype)) + ")");
+  }
+  const std::int64_t a_rows = d.trans_a ? d.k : d.m, a_cols = d.trans_a ? d.m : d.k;
+  const std::int64_t b_rows = d.trans_b ? d.n : d.k, b_cols = d.trans_b ? d.k : d.n;
+  const bool wide = d.a.dtype == DType::F32;
+  const bool direct_c = d.c.dtype == DType::F32;
+  float* a32 = wide ? nullptr : scratch(0, static_cast<std::size_t>(a_rows * a_cols)).data();
+  float* b32 = wide ? nullptr : scratch(1, static_cast<std::size_t>(b_rows * b_cols)).data();
+  float* c32 = direct_c ? nullptr : scratch(2, static_cast<std::size_t>(d.m * d.n)).data();
+  const auto ta = d.trans_a ? CblasTrans : CblasNoTrans;
+  const auto tb = d.trans_b ? CblasTrans : CblasNoTrans;
+
+  for (std::int64_t batch = 0; batch < d.batch; ++batch) {
+    const float* pa;
+    const float* pb;
+    std::int64_t lda = d.lda, ldb = d.ldb;
+    if (wide) {
+      pa = static_cast<const float*>(d.a.ptr) + batch * d.stride_a;
+      pb = static_cast<const float*>(d.b.ptr) + batch * d.stride_b;
+    } else {
+      widen_matrix(d.a, batch * d.stride_a, a_rows, a_cols, d.lda, a32);
+      widen_matrix(d.b, batch * d.stride_b, b_rows, b_cols, d.ldb, b32);
+      pa = a32;
+      pb = b32;
+      lda = a_cols;
+      ldb = b_cols;
+    }
+    if (direct_c) {
+      float* pc = static_cast<float*>(d.c.ptr) + batch * d.stride_c;
+      float beta = d.beta;
+      if (d.bias) {  // seed C with the bias, then accumulate the product onto it
+        dispatch_float(d.bias.dtype, [&](auto t) {
+          using T = decltype(t);
+          const T* bias = as<T>(d.bias.ptr);
+          for (std::int64_t r = 0; r < d.m; ++r) widen(bias, pc + r * d.ldc, d.n);
+        });
+        beta = 1.0f;
+      }
+      cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(d.m), static_cast<int>(d.n),
+                  static_cast<int>(d.k), d.alpha, pa, static_cast<int>(lda), pb,
+                  static_cast<int>(ldb), beta, pc, static_cast<int>(d.ldc));
+      continue;
+    }
+    cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(d.m), static_cast<int>(d.n),
+                static_cast<int>(d.k), d.alpha, pa, static_cast<int>(lda), pb,
+                static_cast<int>(ldb), 0.0f, c32, static_cast<int>(d.n));
+    // Epilogue in fp32, one rounding to the output type.
+    dispatch_float(d.c.dtype, [&](auto t) {
+      using T = decltype(t);
+      T* pc = as<T>(d.c.ptr) + batch * d.stride_c;
+      std::vector<float> bias32;
+      if (d.bias) {
+        bias32.resize(static_cast<std::size_t>(d.n));
+        dispatch_float(d.bias.dtype, [&](auto bt) {
+          using B = decltype(bt);
+          widen(as<B>(d.bias.ptr), bias32.data(), d.n);
+        });
+      }
+      const float beta = d.beta;
+#pragma omp parallel for schedule(static)
+      for (std::int64_t r = 0; r < d.m; ++r) {
+        float* acc = c32 + r * d.n;
+        T* out = pc + r * d.ldc;
+        if (beta != 0.0f) {
+          for (std::int64_t c = 0; c < d.n; ++c) acc[c] += beta * load(out[c]);
+        }
+        if (!bias32.empty()) {
+          for (std::int64_t c = 0; c < d.n; ++c) acc[c] += bias32[static_cast<std::size_t>(c)];
+        }
+        narrow(acc, out, d.n);
+      }
+    });
+  }
+}
+
+void CpuBackend::bias_grad(CBuf dy, float* db, std::int64_t rows, std::int64_t cols,
+                           bool accumulate) {
+  dispatch_float(dy.dtype, [&](auto t) {
+    using T = decltype(t);
+    const T* g = as<T>(dy.ptr);
+    // Column blocks in parallel; each column sums its rows in order (deterministic).
+    constexpr std::int64_t kBlock = 64;
+    const std::int64_t blocks = (cols + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static)
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      const std::int64_t c0 = b * kBlock, c1 = std::min(cols, c0 + kBlock);
+      float acc[kBlock] = {};
+      for (std::int64_t r = 0; r < rows; ++r) {
+        for (std::int64_t c = c0; c < c1; ++c) acc[c - c0] += load(g[r * cols + c]);
+      }
+      for (std::int64_t c = c0; c < c1; ++c) db[c] = accumulate ? db[c] + acc[c - c0] : acc[c - c0];
+    }
+  });
+}
+
+}  // namespace mixtrain::cpu

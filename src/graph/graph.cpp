@@ -1,0 +1,87 @@
+#include "graph/graph.hpp"
+
+#include <map>
+#include <set>
+
+#include "mixtrain/error.hpp"
+
+namespace mixtrain::graph {
+
+namespace {
+
+std::uint64_t name_salt(const std::string& name) {
+  std::uint64_t h = 1469598103934665603ull;  // FNV-1a: stable across runs and platforms
+  for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+}  // namespace
+
+std::shared_ptr<Graph> build(const ModelSpec& spec) {
+  auto g = std::make_shared<Graph>();
+  g->spec = spec;
+  if (spec.input_shape.size() < 2) {
+    throw ShapeError("model input shape " + shape_str(spec.input_shape) +
+                     " needs a batch dimension and at least one feature dimension");
+  }
+  for (auto d : spec.input_shape) {
+    if (d <= 0) {
+      throw ShapeError("model input shape " + shape_str(spec.input_shape) +
+                       " has a non-positive dimension");
+    }
+  }
+  if (spec.layers.empty()) throw ConfigError("the model has no layers");
+  g->max_batch = spec.input_shape[0];
+  g->sample_shape.assign(spec.input_shape.begin() + 1, spec.input_shape.end());
+
+  std::map<std::string, int> index;
+  for (const LayerSpec& ls : spec.layers) {
+    if (ls.name.empty()) throw ConfigError("a layer of type '" + ls.type + "' has no name");
+    if (ls.name == "input" || index.count(ls.name)) {
+      throw ConfigError("layer name '" + ls.name + "' is used twice (or is the reserved 'input')");
+    }
+    Node node;
+    node.layer = make_layer(ls.name, ls.type, ls.attrs, name_salt(ls.name));
+    if (ls.inputs.size() != node.layer->input_count()) {
+      throw ConfigError("layer '" + ls.name + "' (" + ls.type + ") takes " +
+                        std::to_string(node.layer->input_count()) + " input(s), got " +
+                        std::to_string(ls.inputs.size()));
+    }
+    std::vector<Shape> in_shapes;
+    for (const std::string& in : ls.inputs) {
+      int src = kModelInput;
+      if (in != "input") {
+        const auto it = index.find(in);
+        if (it == index.end()) {
+          throw ConfigError("layer '" + ls.name + "' reads '" + in +
+                            "', which is not an earlier layer");
+        }
+        src = it->second;
+      }
+      node.inputs.push_back(src);
+      in_shapes.push_back(g->shape_of(src));
+    }
+    try {
+      node.shape = node.layer->output_shape(in_shapes);
+    } catch (const ShapeError& e) {
+      if (ls.inputs.size() < 2) throw;
+      std::string paths;
+      for (std::size_t i = 0; i < ls.inputs.size(); ++i) {
+        paths += (i ? ", " : "") + ("'" + ls.inputs[i] + "' " + shape_str(in_shapes[i]));
+      }
+      throw ShapeError(std::string(e.what()) + " (inputs: " + paths + ")");
+    }
+    node.params = node.layer->params(in_shapes);
+    for (const ParamDecl& p : node.params) g->parameter_count += numel(p.shape);
+    node.layer->bind_shapes(std::move(in_shapes), node.shape);
+    index[ls.name] = static_cast<int>(g->nodes.size());
+    g->nodes.push_back(std::move(node));
+  }
+  const std::string out = spec.output.empty() ? spec.layers.back().name : spec.output;
+  const auto it = index.find(out);
+  if (it == index.end()) throw ConfigError("model output '" + out + "' is not a layer");
+  g->output = it->second;
+  return g;
+}
+
+}  // namespace mixtrain::graph

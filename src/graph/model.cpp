@@ -1,0 +1,120 @@
+// ModelSpec (JSON), Model and compile().
+#include <fmt/format.h>
+
+#include "graph/graph.hpp"
+#include "io/atomic_file.hpp"
+#include "mixtrain/error.hpp"
+#include "mixtrain/model.hpp"
+
+namespace mixtrain {
+
+nlohmann::json ModelSpec::to_json() const {
+  nlohmann::json layers_json = nlohmann::json::array();
+  for (const LayerSpec& l : layers) {
+    layers_json.push_back(
+        {{"name", l.name}, {"type", l.type}, {"inputs", l.inputs}, {"attrs", l.attrs}});
+  }
+  return {{"format", "mixtrain.model"},
+          {"version", 1},
+          {"input_shape", input_shape},
+          {"output", output},
+          {"layers", layers_json}};
+}
+
+namespace {
+
+template <typename T>
+T field(const nlohmann::json& j, const char* key, const std::string& where) {
+  if (!j.contains(key)) throw ConfigError(where + ": missing field '" + key + "'");
+  try {
+    return j.at(key).get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw ConfigError(where + ": field '" + key + "' has the wrong type: " + j.at(key).dump());
+  }
+}
+
+}  // namespace
+
+ModelSpec ModelSpec::from_json(const nlohmann::json& j) {
+  if (!j.is_object()) throw ConfigError("model spec: expected a JSON object");
+  ModelSpec spec;
+  spec.input_shape = field<Shape>(j, "input_shape", "model spec");
+  spec.output = j.value("output", std::string());
+  const auto layers = field<nlohmann::json>(j, "layers", "model spec");
+  if (!layers.is_array()) throw ConfigError("model spec: 'layers' must be an array");
+  std::string previous = "input";
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    const nlohmann::json& l = layers[i];
+    const std::string where = "model spec: layers[" + std::to_string(i) + "]";
+    if (!l.is_object()) throw ConfigError(where + ": expected an object");
+    LayerSpec ls;
+    ls.type = field<std::string>(l, "type", where);
+    ls.name = l.contains("name") ? field<std::string>(l, "name", where)
+                                 : ls.type + "_" + std::to_string(i + 1);
+    // A missing "inputs" chains the layer to the previous one, so hand-written specs stay short.
+    ls.inputs = l.contains("inputs") ? field<std::vector<std::string>>(l, "inputs", where)
+                                     : std::vector<std::string>{previous};
+    if (l.contains("attrs")) {
+      ls.attrs = l.at("attrs");
+      if (!ls.attrs.is_object()) throw ConfigError(where + ": 'attrs' must be an object");
+    }
+    previous = ls.name;
+    spec.layers.push_back(std::move(ls));
+  }
+  return spec;
+}
+
+void ModelSpec::save(const std::filesystem::path& path) const {
+  write_file_atomic(path, to_json().dump(2) + "\n");
+}
+
+ModelSpec ModelSpec::load(const std::filesystem::path& path) {
+  const std::string text = read_file(path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw ConfigError(path.string() + ": invalid JSON: " + e.what());
+  }
+  try {
+    return from_json(j);
+  } catch (const ConfigError& e) {
+    throw ConfigError(path.string() + ": " + e.what());
+  }
+}
+
+const ModelSpec& Model::spec() const { return graph_->spec; }
+const Shape& Model::input_shape() const { return graph_->spec.input_shape; }
+
+Shape Model::output_shape() const {
+  Shape s{graph_->max_batch};
+  const Shape& o = graph_->nodes[static_cast<std::size_t>(graph_->output)].shape;
+  s.insert(s.end(), o.begin(), o.end());
+  return s;
+}
+
+std::int64_t Model::parameter_count() const { return graph_->parameter_count; }
+
+std::string Model::summary() const {
+  std::string out = fmt::format("{:<20} {:<12} {:<20} {:>12}\n", "layer", "type", "output",
+                                "parameters");
+  out += fmt::format("{:<20} {:<12} {:<20} {:>12}\n", "input", "", shape_str(input_shape()), "");
+  for (const graph::Node& n : graph_->nodes) {
+    std::int64_t params = 0;
+    for (const ParamDecl& p : n.params) params += numel(p.shape);
+    Shape s{graph_->max_batch};
+    s.insert(s.end(), n.shape.begin(), n.shape.end());
+    out += fmt::format("{:<20} {:<12} {:<20} {:>12}\n", n.layer->name(), n.layer->type(),
+                       shape_str(s), params);
+  }
+  out += fmt::format("total parameters: {}\n", parameter_count());
+  return out;
+}
+
+Model compile(const ModelSpec& spec) {
+  Model m;
+  m.graph_ = graph::build(spec);
+  return m;
+}
+
+}  // namespace mixtrain

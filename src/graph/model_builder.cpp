@@ -1,0 +1,94 @@
+#include "mixtrain/error.hpp"
+#include "mixtrain/model.hpp"
+
+namespace mixtrain {
+
+ModelBuilder::ModelBuilder(Shape input_shape) { spec_.input_shape = std::move(input_shape); }
+
+std::string ModelBuilder::unique_name(const std::string& type) {
+  std::size_t count = 1;
+  for (const LayerSpec& l : spec_.layers) count += l.type == type ? 1 : 0;
+  std::string name = type + "_" + std::to_string(count);
+  auto taken = [&](const std::string& n) {
+    for (const LayerSpec& l : spec_.layers) {
+      if (l.name == n) return true;
+    }
+    return false;
+  };
+  while (taken(name)) name = type + "_" + std::to_string(++count);
+  return name;
+}
+
+ModelBuilder& ModelBuilder::append(std::string type, std::string name, nlohmann::json attrs) {
+  LayerSpec l;
+  l.name = name.empty() ? unique_name(type) : std::move(name);
+  l.type = std::move(type);
+  l.inputs = {tip_};
+  l.attrs = std::move(attrs);
+  tip_ = l.name;
+  spec_.layers.push_back(std::move(l));
+  spec_.output = tip_;
+  return *this;
+}
+
+ModelBuilder& ModelBuilder::layer(LayerSpec spec) {
+  if (spec.name.empty()) spec.name = unique_name(spec.type);
+  if (spec.inputs.empty()) spec.inputs = {tip_};
+  tip_ = spec.name;
+  spec_.layers.push_back(std::move(spec));
+  spec_.output = tip_;
+  return *this;
+}
+
+ModelBuilder& ModelBuilder::dense(std::int64_t units, DenseOptions o) {
+  return append("dense", std::move(o.name), {{"units", units}, {"bias", o.bias}});
+}
+ModelBuilder& ModelBuilder::relu(LayerOptions o) { return append("relu", std::move(o.name), {}); }
+ModelBuilder& ModelBuilder::leaky_relu(float negative_slope, LayerOptions o) {
+  return append("leaky_relu", std::move(o.name), {{"negative_slope", negative_slope}});
+}
+ModelBuilder& ModelBuilder::elu(float alpha, LayerOptions o) {
+  return append("elu", std::move(o.name), {{"alpha", alpha}});
+}
+ModelBuilder& ModelBuilder::sigmoid(LayerOptions o) {
+  return append("sigmoid", std::move(o.name), {});
+}
+ModelBuilder& ModelBuilder::tanh(LayerOptions o) { return append("tanh", std::move(o.name), {}); }
+ModelBuilder& ModelBuilder::swish(LayerOptions o) {
+  return append("swish", std::move(o.name), {});
+}
+ModelBuilder& ModelBuilder::gelu(bool approximate, LayerOptions o) {
+  return append("gelu", std::move(o.name), {{"approximate", approximate}});
+}
+ModelBuilder& ModelBuilder::softmax(LayerOptions o) {
+  return append("softmax", std::move(o.name), {});
+}
+ModelBuilder& ModelBuilder::dropout(float rate, DropoutOptions o) {
+  return append("dropout", std::move(o.name), {{"rate", rate}});
+}
+ModelBuilder& ModelBuilder::flatten(LayerOptions o) {
+  return append("flatten", std::move(o.name), {});
+}
+ModelBuilder& ModelBuilder::reshape(Shape sample_shape, LayerOptions o) {
+  return append("reshape", std::move(o.name), {{"shape", sample_shape}});
+}
+
+ModelBuilder& ModelBuilder::residual(const std::function<void(ModelBuilder&)>& body,
+                                     const std::function<void(ModelBuilder&)>& shortcut,
+                                     LayerOptions o) {
+  const std::string start = tip_;
+  if (body) body(*this);
+  const std::string body_end = tip_;
+  tip_ = start;
+  if (shortcut) shortcut(*this);
+  const std::string shortcut_end = tip_;
+  LayerSpec add;
+  add.name = o.name.empty() ? unique_name("add") : std::move(o.name);
+  add.type = "add";
+  add.inputs = {body_end, shortcut_end};
+  return layer(std::move(add));
+}
+
+Model ModelBuilder::compile() const { return mixtrain::compile(spec_); }
+
+}  // namespace mixtrain

@@ -1,0 +1,138 @@
+// The op interface a backend provides. Layers, losses and the trainer are written once against
+// it; the CPU backend (the numerical reference) and the CUDA backend implement it.
+//
+// Conventions:
+// - Every pointer is a device pointer of the backend (host memory for the CPU backend).
+// - Tensors are row-major and contiguous unless a leading dimension says otherwise.
+// - Low-precision kernels load, convert to fp32, compute in fp32, round once, store.
+// - Values that change between steps are read through StepControl* in device memory, never passed
+//   by value, so that a captured step stays valid when replayed.
+// - Calls are asynchronous on the CUDA backend; only download() and synchronize() wait.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "mixtrain/dtype.hpp"
+#include "ops/backend_types.hpp"
+#include "ops/step_control.hpp"
+#include "train/optimizer_math.hpp"
+
+namespace mixtrain {
+
+// C[m, n] = alpha * op(A)[m, k] * op(B)[k, n] + beta * C (+ bias[n] broadcast over rows), all
+// row-major, accumulated in fp32. A and B must have the same dtype; C may differ (fp32 weight
+// gradients from fp16 operands). batch > 1 runs strided batched products.
+struct GemmDesc {
+  bool trans_a = false;
+  bool trans_b = false;
+  std::int64_t m = 0, n = 0, k = 0;
+  CBuf a;
+  std::int64_t lda = 0;
+  CBuf b;
+  std::int64_t ldb = 0;
+  Buf c;
+  std::int64_t ldc = 0;
+  float alpha = 1.0f;
+  float beta = 0.0f;
+  CBuf bias;  // optional, [n], added before storing (only with beta == 0)
+  std::int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
+  bool allow_tf32 = false;  // fp32 operands may use TF32 tensor cores
+};
+
+// Mean loss over rows (and over cols for the element-wise losses), computed in fp32.
+struct LossDesc {
+  LossKind kind = LossKind::SparseCrossEntropy;
+  float huber_delta = 1.0f;
+  CBuf pred;  // [rows, cols]
+  std::int64_t rows = 0, cols = 0;
+  const std::int32_t* labels = nullptr;  // SparseCrossEntropy
+  const float* targets = nullptr;        // the others: [rows, cols]
+  float* loss = nullptr;                 // device scalar: unscaled mean loss
+  Buf dpred;                             // optional: d(mean loss * scale) / d pred
+  const StepControl* control = nullptr;  // optional: supplies the loss scale for dpred
+};
+
+// Everything the optimizer pass touches; parameters are one contiguous range.
+struct OptimizerDesc {
+  OptimizerHyper hyper;
+  std::int64_t count = 0;
+  float* master = nullptr;      // fp32 master weights [count]
+  const float* grad = nullptr;  // fp32 unscaled gradients [count]
+  float* state[kMaxOptimizerSlots] = {};  // fp32 optimizer state arrays [count] each
+  Buf working;                  // optional FP16/BF16 working copy [count], written in the pass
+  float max_grad_norm = 0.0f;   // > 0: clip to this global norm (from control->grad_norm_sq)
+  const StepControl* control = nullptr;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // Memory. alloc() is only called while a model is compiled, never inside a step.
+  virtual void* alloc(std::size_t bytes) = 0;
+  virtual void free(void* ptr) = 0;
+  virtual void upload(void* dst, const void* host_src, std::size_t bytes) = 0;
+  virtual void download(void* host_dst, const void* src, std::size_t bytes) = 0;
+  virtual void synchronize() = 0;
+  // Host staging memory for uploads that the step reads (pinned on CUDA).
+  virtual void* alloc_host(std::size_t bytes) = 0;
+  virtual void free_host(void* ptr) = 0;
+  // Bytes of device memory in use now and at most since creation.
+  virtual std::size_t memory_in_use() const = 0;
+  virtual std::size_t peak_memory() const = 0;
+
+  // Runs the op sequence `body` issues. The CUDA backend captures it once per key as a graph and
+  // replays it afterwards; the CPU backend just runs it.
+  virtual void run_step(const std::string& key, const std::function<void()>& body) = 0;
+  // Forgets captured steps (after buffers they referenced change).
+  virtual void reset_steps() = 0;
+
+  // Element-wise.
+  virtual void fill(Buf x, std::int64_t n, float value) = 0;
+  // dst = src (converted), or dst += src with accumulate.
+  virtual void convert(CBuf src, Buf dst, std::int64_t n, bool accumulate) = 0;
+  // y = a + b
+  virtual void add(CBuf a, CBuf b, Buf y, std::int64_t n) = 0;
+  virtual void activation_forward(Activation act, float alpha, CBuf x, Buf y, std::int64_t n) = 0;
+  // dx (+)= dy * act'(x); y is the forward output (some activations use it).
+  virtual void activation_backward(Activation act, float alpha, CBuf x, CBuf y, CBuf dy, Buf dx,
+                                   std::int64_t n, bool accumulate) = 0;
+  // Inverted dropout with a counter-based generator keyed by (control->seed, control->iteration,
+  // salt, element index): the backward pass regenerates the mask instead of storing it.
+  virtual void dropout_forward(float rate, std::uint64_t salt, CBuf x, Buf y, std::int64_t n,
+                               const StepControl* control) = 0;
+  virtual void dropout_backward(float rate, std::uint64_t salt, CBuf dy, Buf dx, std::int64_t n,
+                                const StepControl* control, bool accumulate) = 0;
+  // Row-wise softmax over cols, computed in fp32.
+  virtual void softmax_forward(CBuf x, Buf y, std::int64_t rows, std::int64_t cols) = 0;
+  virtual void softmax_backward(CBuf y, CBuf dy, Buf dx, std::int64_t rows, std::int64_t cols,
+                                bool accumulate) = 0;
+
+  // Products and reductions.
+  virtual void gemm(const GemmDesc& desc) = 0;
+  // db[cols] (+)= sum over rows of dy[rows, cols]; db is fp32.
+  virtual void bias_grad(CBuf dy, float* db, std::int64_t rows, std::int64_t cols,
+                         bool accumulate) = 0;
+
+  // Loss forward (and backward when desc.dpred is set).
+  virtual void loss(const LossDesc& desc) = 0;
+
+  // Mixed precision. Multiplies grad[count] by control->inv_scale in place, sets
+  // control->found_inf when any value is inf/nan and control->grad_norm_sq to the squared norm.
+  virtual void unscale_and_check(float* grad, std::int64_t count, StepControl* control) = 0;
+  // Optimizer update; does nothing when control->found_inf is set.
+  virtual void optimizer_step(const OptimizerDesc& desc) = 0;
+  // Ends a training step on the device: scaler update, counters, history record.
+  virtual void finish_step(StepControl* control, const ScalerParams& params,
+                           const OptimizerHyper& hyper, StepRecord* history) = 0;
+};
+
+// The CPU backend (always available).
+std::unique_ptr<Backend> make_cpu_backend();
+
+}  // namespace mixtrain

@@ -1,0 +1,69 @@
+// A compiled training plan: the memory of one model on one backend in one precision, allocated
+// once as a single arena, and the per-layer arguments that point into it.
+//
+// Arena layout (each region 256-byte aligned):
+//   master [P] f32 | grads [P] f32 | working copy [P] compute dtype (mixed precision only) |
+//   optimizer state [slots][P] f32 | activations and activation gradients per node
+//   [max_batch, shape] compute dtype | model input [max_batch, sample] compute dtype |
+//   input staging f32 | labels i32 | targets f32 | control block | step history ring
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "graph/graph.hpp"
+#include "mixtrain/precision.hpp"
+#include "ops/backend.hpp"
+
+namespace mixtrain {
+
+struct PlanOptions {
+  PrecisionPolicy policy;
+  int optimizer_slots = 0;
+  std::int64_t label_count = 0;   // int32 labels per sample
+  std::int64_t target_count = 0;  // float targets per sample
+  int history_size = 1024;
+};
+
+class Plan {
+ public:
+  Plan(const graph::Graph& graph, Backend& backend, const PlanOptions& options);
+  ~Plan();
+  Plan(const Plan&) = delete;
+  Plan& operator=(const Plan&) = delete;
+
+  struct NodeMemory {
+    Buf activation;  // [max_batch, shape]
+    Buf gradient;    // [max_batch, shape]
+    std::vector<std::int64_t> param_offsets;  // element offset of each parameter in master
+  };
+
+  const graph::Graph& graph;
+  Backend& backend;
+  PlanOptions options;
+  std::int64_t param_count = 0;
+  float* master = nullptr;
+  float* grads = nullptr;
+  Buf working;  // null in fp32: the layers read master directly
+  float* state[kMaxOptimizerSlots] = {};
+  std::vector<NodeMemory> nodes;
+  Buf input;
+  float* input_staging = nullptr;
+  std::int32_t* labels = nullptr;
+  float* targets = nullptr;
+  StepControl* control = nullptr;
+  StepRecord* history = nullptr;
+  float* eval_loss = nullptr;
+  std::size_t arena_bytes = 0;
+
+  DType compute() const { return options.policy.compute; }
+  // The compute-dtype view of a parameter (the working copy, or master in fp32).
+  CBuf param(std::int64_t offset) const;
+  Buf activation_of(int index) const;  // index may be graph::kModelInput
+
+ private:
+  void* arena_ = nullptr;
+};
+
+}  // namespace mixtrain

@@ -1,0 +1,64 @@
+// Trainer internals shared by trainer.cpp (steps, statistics) and fit.cpp (datasets).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "mixtrain/trainer.hpp"
+#include "train/plan.hpp"
+
+namespace mixtrain {
+
+struct Trainer::Impl {
+  Impl(const Model& model, TrainerConfig config);
+  ~Impl();
+
+  Model model;
+  TrainerConfig config;
+  Precision precision;
+  PrecisionPolicy policy;
+  LossScaleMode scale_mode;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Plan> plan;
+  OptimizerHyper hyper;
+  ScalerParams scaler;
+
+  // The loss reads this node's output; it is the model output, or the input of a final softmax
+  // (sigmoid) when the loss is a cross-entropy (binary cross-entropy) and takes logits instead.
+  int loss_node = 0;
+  LossKind loss_kind = LossKind::SparseCrossEntropy;
+  bool uses_labels = true;        // int32 labels (sparse cross-entropy) vs float targets
+  std::int64_t loss_cols = 0;     // classes (cross-entropy) or outputs per row
+  std::int64_t rows_per_sample = 1;
+
+  std::vector<bool> in_forward;   // nodes the training forward pass runs
+  std::vector<bool> in_backward;  // nodes whose backward runs
+  std::vector<std::vector<bool>> grad_input;        // [node][input]: gradient needed
+  std::vector<std::vector<bool>> accumulate_input;  // [node][input]: add into it
+
+  // Host staging (pinned on CUDA).
+  float* host_inputs = nullptr;
+  std::int32_t* host_labels = nullptr;
+  float* host_targets = nullptr;
+
+  std::vector<StepStats> history;
+  std::int64_t steps_issued = 0;
+  StepControl last_control{};
+
+  void check_batch(const float* inputs, const Shape& shape) const;
+  void check_labels(const std::int32_t* labels, const Shape& shape, std::int64_t n) const;
+  void check_targets(const float* targets, const Shape& shape, std::int64_t n) const;
+  void upload_inputs(const float* inputs, std::int64_t n);
+  void forward(std::int64_t n, bool training);
+  void backward(std::int64_t n);
+  void run_loss(std::int64_t n, bool with_gradient, float* out);
+  StepResult step(Trainer* owner, std::int64_t n);
+  // Reads the step history back (one sync) and raises DivergenceError when training diverged.
+  void drain();
+  void check_divergence() const;
+  std::int64_t accuracy_hits(const float* outputs, std::int64_t n, const std::int32_t* labels,
+                             const float* targets) const;
+  std::int64_t output_numel() const;
+};
+
+}  // namespace mixtrain
