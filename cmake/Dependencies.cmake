@@ -10,9 +10,17 @@ if(NOT CLI11_FOUND)
   target_include_directories(CLI11::CLI11 INTERFACE ${CLI11_INCLUDE_DIR})
 endif()
 
-# OpenBLAS: the CBLAS interface of Debian's libopenblas-dev.
+# OpenBLAS: the CBLAS interface of Debian's libopenblas-dev. The OpenMP build
+# (libopenblas0-openmp) is preferred: it shares one thread pool with our OpenMP kernels, where
+# the pthreads build and OpenMP would fight over the cores.
 find_path(OPENBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas REQUIRED)
-find_library(OPENBLAS_LIBRARY NAMES openblas REQUIRED)
+find_library(OPENBLAS_LIBRARY NAMES openblas libopenblas.so.0
+  PATHS /usr/lib/x86_64-linux-gnu/openblas-openmp /usr/lib/aarch64-linux-gnu/openblas-openmp
+  NO_DEFAULT_PATH)
+if(NOT OPENBLAS_LIBRARY)
+  find_library(OPENBLAS_LIBRARY NAMES openblas REQUIRED)
+endif()
+message(STATUS "mixtrain: OpenBLAS ${OPENBLAS_LIBRARY}")
 add_library(mixtrain_openblas INTERFACE)
 target_include_directories(mixtrain_openblas INTERFACE ${OPENBLAS_INCLUDE_DIR})
 target_link_libraries(mixtrain_openblas INTERFACE ${OPENBLAS_LIBRARY})

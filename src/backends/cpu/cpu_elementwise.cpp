@@ -42,7 +42,7 @@ void CpuBackend::convert(CBuf src, Buf dst, std::int64_t n, bool accumulate) {
       using D = decltype(d);
       const S* in = as<S>(src.ptr);
       D* out = as<D>(dst.ptr);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
       for (std::int64_t i = 0; i < n; ++i) write(out, i, load(in[i]), accumulate);
     });
   });
@@ -56,7 +56,7 @@ void CpuBackend::add(CBuf a, CBuf b, Buf y, std::int64_t n) {
     const T* pa = as<T>(a.ptr);
     const T* pb = as<T>(b.ptr);
     T* py = as<T>(y.ptr);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (std::int64_t i = 0; i < n; ++i) py[i] = store<T>(load(pa[i]) + load(pb[i]));
   });
 }
@@ -67,7 +67,7 @@ void CpuBackend::activation_forward(Activation act, float alpha, CBuf x, Buf y, 
     using T = decltype(t);
     const T* px = as<T>(x.ptr);
     T* py = as<T>(y.ptr);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (std::int64_t i = 0; i < n; ++i) py[i] = store<T>(activation_value(act, alpha, load(px[i])));
   });
 }
@@ -82,7 +82,7 @@ void CpuBackend::activation_backward(Activation act, float alpha, CBuf x, CBuf y
     const T* py = as<T>(y.ptr);
     const T* pdy = as<T>(dy.ptr);
     T* pdx = as<T>(dx.ptr);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (std::int64_t i = 0; i < n; ++i) {
       const float yv = py != nullptr ? load(py[i]) : 0.0f;
       write(pdx, i, load(pdy[i]) * activation_derivative(act, alpha, load(px[i]), yv), accumulate);
@@ -100,7 +100,7 @@ void CpuBackend::dropout_forward(float rate, std::uint64_t salt, CBuf x, Buf y, 
     using T = decltype(t);
     const T* px = as<T>(x.ptr);
     T* py = as<T>(y.ptr);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (std::int64_t i = 0; i < n; ++i) {
       const bool keep = counter_uniform(seed, iteration, salt, static_cast<std::uint64_t>(i)) >= rate;
       py[i] = store<T>(keep ? load(px[i]) * keep_scale : 0.0f);
@@ -118,7 +118,7 @@ void CpuBackend::dropout_backward(float rate, std::uint64_t salt, CBuf dy, Buf d
     using T = decltype(t);
     const T* pdy = as<T>(dy.ptr);
     T* pdx = as<T>(dx.ptr);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (std::int64_t i = 0; i < n; ++i) {
       const bool keep = counter_uniform(seed, iteration, salt, static_cast<std::uint64_t>(i)) >= rate;
       write(pdx, i, keep ? load(pdy[i]) * keep_scale : 0.0f, accumulate);
@@ -132,7 +132,7 @@ void CpuBackend::softmax_forward(CBuf x, Buf y, std::int64_t rows, std::int64_t 
     using T = decltype(t);
     const T* px = as<T>(x.ptr);
     T* py = as<T>(y.ptr);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
     for (std::int64_t r = 0; r < rows; ++r) {
       const T* in = px + r * cols;
       T* out = py + r * cols;
@@ -155,7 +155,7 @@ void CpuBackend::softmax_backward(CBuf y, CBuf dy, Buf dx, std::int64_t rows, st
     const T* py = as<T>(y.ptr);
     const T* pdy = as<T>(dy.ptr);
     T* pdx = as<T>(dx.ptr);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
     for (std::int64_t r = 0; r < rows; ++r) {
       const std::int64_t o = r * cols;
       float dot = 0.0f;

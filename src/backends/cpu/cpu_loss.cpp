@@ -20,7 +20,7 @@ void CpuBackend::loss(const LossDesc& d) {
     const T* pred = as<T>(d.pred.ptr);
     T* grad = d.dpred ? as<T>(d.dpred.ptr) : nullptr;
     const bool logits = d.kind == LossKind::SparseCrossEntropy || d.kind == LossKind::CrossEntropy;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
     for (std::int64_t r = 0; r < rows; ++r) {
       const T* x = pred + r * cols;
       double acc = 0.0;
