@@ -15,15 +15,15 @@ namespace mixtrain {
 // Exactly one kind of target is present: integer class labels (labels, with num_classes > 0) or
 // float targets (targets, target_size floats per sample) for regression and multi-label losses.
 struct Dataset {
-  std::vector<float> features;        // [size(), feature_size] row-major
+  std::vector<float> features;             // [size(), feature_size] row-major
   std::vector<std::int64_t> sample_shape;  // shape of one sample, e.g. {784} or {1, 28, 28}
-  std::vector<std::int32_t> labels;   // [size()] in [0, num_classes), or empty
+  std::vector<std::int32_t> labels;        // [size()] in [0, num_classes), or empty
   int num_classes = 0;
-  std::vector<float> targets;         // [size(), target_size], or empty
+  std::vector<float> targets;  // [size(), target_size], or empty
   std::size_t target_size = 0;
 
-  std::size_t feature_size() const;   // product of sample_shape
-  std::size_t size() const;           // number of samples
+  std::size_t feature_size() const;  // product of sample_shape
+  std::size_t size() const;          // number of samples
   // Throws DataError naming the inconsistency (sizes that do not match, label out of range).
   void validate() const;
   // Samples [begin, end) as a new dataset (for validation splits).
@@ -73,10 +73,10 @@ struct Normalizer {
 class DataLoader {
  public:
   struct Batch {
-    const float* features;        // [count, feature_size] contiguous
-    const std::int32_t* labels;   // [count] or nullptr when the dataset has float targets
-    const float* targets;         // [count, target_size] or nullptr
-    std::size_t count;            // samples in this batch (the last one may be smaller)
+    const float* features;       // [count, feature_size] contiguous
+    const std::int32_t* labels;  // [count] or nullptr when the dataset has float targets
+    const float* targets;        // [count, target_size] or nullptr
+    std::size_t count;           // samples in this batch (the last one may be smaller)
   };
 
   // Keeps a reference to data, which must outlive the loader.

@@ -58,6 +58,8 @@ constexpr double dtype_epsilon(DType t) {
   return 1.0;
 }
 
-constexpr bool is_floating(DType t) { return t != DType::I32; }
+constexpr bool is_floating(DType t) {
+  return t != DType::I32;
+}
 
 }  // namespace mixtrain

@@ -104,7 +104,7 @@ class StepResult {
 
 struct EvalResult {
   double loss = 0;
-  double accuracy = 0;  // fraction in [0, 1] when has_accuracy
+  double accuracy = 0;        // fraction in [0, 1] when has_accuracy
   bool has_accuracy = false;  // classification losses only
   std::size_t samples = 0;
 };

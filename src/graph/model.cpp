@@ -83,8 +83,12 @@ ModelSpec ModelSpec::load(const std::filesystem::path& path) {
   }
 }
 
-const ModelSpec& Model::spec() const { return graph_->spec; }
-const Shape& Model::input_shape() const { return graph_->spec.input_shape; }
+const ModelSpec& Model::spec() const {
+  return graph_->spec;
+}
+const Shape& Model::input_shape() const {
+  return graph_->spec.input_shape;
+}
 
 Shape Model::output_shape() const {
   Shape s{graph_->max_batch};
@@ -93,11 +97,13 @@ Shape Model::output_shape() const {
   return s;
 }
 
-std::int64_t Model::parameter_count() const { return graph_->parameter_count; }
+std::int64_t Model::parameter_count() const {
+  return graph_->parameter_count;
+}
 
 std::string Model::summary() const {
-  std::string out = fmt::format("{:<20} {:<12} {:<20} {:>12}\n", "layer", "type", "output",
-                                "parameters");
+  std::string out =
+      fmt::format("{:<20} {:<12} {:<20} {:>12}\n", "layer", "type", "output", "parameters");
   out += fmt::format("{:<20} {:<12} {:<20} {:>12}\n", "input", "", shape_str(input_shape()), "");
   for (const graph::Node& n : graph_->nodes) {
     std::int64_t params = 0;

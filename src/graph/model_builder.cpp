@@ -3,7 +3,9 @@
 
 namespace mixtrain {
 
-ModelBuilder::ModelBuilder(Shape input_shape) { spec_.input_shape = std::move(input_shape); }
+ModelBuilder::ModelBuilder(Shape input_shape) {
+  spec_.input_shape = std::move(input_shape);
+}
 
 std::string ModelBuilder::unique_name(const std::string& type) {
   std::size_t count = 1;
@@ -24,7 +26,7 @@ ModelBuilder& ModelBuilder::append(std::string type, std::string name, nlohmann:
   l.name = name.empty() ? unique_name(type) : std::move(name);
   l.type = std::move(type);
   l.inputs = {tip_};
-  l.attrs = std::move(attrs);
+  l.attrs = attrs.is_null() ? nlohmann::json::object() : std::move(attrs);
   tip_ = l.name;
   spec_.layers.push_back(std::move(l));
   spec_.output = tip_;
@@ -43,7 +45,9 @@ ModelBuilder& ModelBuilder::layer(LayerSpec spec) {
 ModelBuilder& ModelBuilder::dense(std::int64_t units, DenseOptions o) {
   return append("dense", std::move(o.name), {{"units", units}, {"bias", o.bias}});
 }
-ModelBuilder& ModelBuilder::relu(LayerOptions o) { return append("relu", std::move(o.name), {}); }
+ModelBuilder& ModelBuilder::relu(LayerOptions o) {
+  return append("relu", std::move(o.name), {});
+}
 ModelBuilder& ModelBuilder::leaky_relu(float negative_slope, LayerOptions o) {
   return append("leaky_relu", std::move(o.name), {{"negative_slope", negative_slope}});
 }
@@ -53,7 +57,9 @@ ModelBuilder& ModelBuilder::elu(float alpha, LayerOptions o) {
 ModelBuilder& ModelBuilder::sigmoid(LayerOptions o) {
   return append("sigmoid", std::move(o.name), {});
 }
-ModelBuilder& ModelBuilder::tanh(LayerOptions o) { return append("tanh", std::move(o.name), {}); }
+ModelBuilder& ModelBuilder::tanh(LayerOptions o) {
+  return append("tanh", std::move(o.name), {});
+}
 ModelBuilder& ModelBuilder::swish(LayerOptions o) {
   return append("swish", std::move(o.name), {});
 }
@@ -89,6 +95,8 @@ ModelBuilder& ModelBuilder::residual(const std::function<void(ModelBuilder&)>& b
   return layer(std::move(add));
 }
 
-Model ModelBuilder::compile() const { return mixtrain::compile(spec_); }
+Model ModelBuilder::compile() const {
+  return mixtrain::compile(spec_);
+}
 
 }  // namespace mixtrain

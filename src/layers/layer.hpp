@@ -34,9 +34,9 @@ struct ForwardArgs {
   const StepControl* control;
   bool training;
   std::int64_t batch;
-  std::vector<CBuf> inputs;   // [batch, input_shapes[i]...]
-  Buf output;                 // [batch, output_shape...]
-  std::vector<CBuf> params;   // compute-dtype copies, in declaration order
+  std::vector<CBuf> inputs;  // [batch, input_shapes[i]...]
+  Buf output;                // [batch, output_shape...]
+  std::vector<CBuf> params;  // compute-dtype copies, in declaration order
   bool allow_tf32;
 };
 

@@ -40,10 +40,8 @@ const std::map<std::string, Factory>& factories() {
          return std::make_unique<ActivationLayer>(
              name, salt, "gelu", approximate ? Activation::GELUTanh : Activation::GELU, 0.0f);
        }},
-      {"softmax",
-       [](const std::string& name, const Attrs&, std::uint64_t salt) {
-         return std::make_unique<Softmax>(name, salt);
-       }},
+      {"softmax", [](const std::string& name, const Attrs&,
+                     std::uint64_t salt) { return std::make_unique<Softmax>(name, salt); }},
       {"dropout",
        [](const std::string& name, const Attrs& at, std::uint64_t salt) {
          return std::make_unique<Dropout>(name, salt, at.require<float>("rate"));
@@ -56,10 +54,8 @@ const std::map<std::string, Factory>& factories() {
        [](const std::string& name, const Attrs& at, std::uint64_t salt) {
          return std::make_unique<Reshape>(name, salt, "reshape", at.require<Shape>("shape"));
        }},
-      {"add",
-       [](const std::string& name, const Attrs&, std::uint64_t salt) {
-         return std::make_unique<Add>(name, salt);
-       }},
+      {"add", [](const std::string& name, const Attrs&,
+                 std::uint64_t salt) { return std::make_unique<Add>(name, salt); }},
   };
   return table;
 }

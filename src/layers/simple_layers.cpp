@@ -100,7 +100,9 @@ void Reshape::forward(const ForwardArgs& a) const {
   a.backend.convert(a.inputs[0], a.output, a.batch * out_numel(), false);
 }
 
-void Reshape::backward(const BackwardArgs& a) const { pass_gradient(a, 0, a.batch * out_numel()); }
+void Reshape::backward(const BackwardArgs& a) const {
+  pass_gradient(a, 0, a.batch * out_numel());
+}
 
 Shape Add::output_shape(const std::vector<Shape>& in) const {
   if (in[0] != in[1]) {

@@ -8,7 +8,9 @@
 
 namespace mixtrain {
 
-MIXTRAIN_HD float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+MIXTRAIN_HD float sigmoidf_(float x) {
+  return 1.0f / (1.0f + expf(-x));
+}
 
 MIXTRAIN_HD float activation_value(Activation act, float alpha, float x) {
   switch (act) {

@@ -35,10 +35,10 @@ enum class Activation : std::uint8_t {
 };
 
 enum class LossKind : std::uint8_t {
-  SparseCrossEntropy,  // pred: logits [rows, cols]; labels: int32 [rows]
-  CrossEntropy,        // pred: logits; targets: probabilities [rows, cols]
-  CrossEntropyProbs,   // pred: probabilities (after softmax); targets: probabilities
-  BinaryCrossEntropy,  // pred: probabilities in (0, 1); targets [rows, cols] in [0, 1]
+  SparseCrossEntropy,        // pred: logits [rows, cols]; labels: int32 [rows]
+  CrossEntropy,              // pred: logits; targets: probabilities [rows, cols]
+  CrossEntropyProbs,         // pred: probabilities (after softmax); targets: probabilities
+  BinaryCrossEntropy,        // pred: probabilities in (0, 1); targets [rows, cols] in [0, 1]
   BinaryCrossEntropyLogits,  // pred: logits; targets in [0, 1]
   MeanSquaredError,
   MeanAbsoluteError,

@@ -8,12 +8,12 @@
 namespace mixtrain {
 
 struct StepControl {
-  float loss_scale;      // current loss scale (a power of two; 1 when scaling is off)
-  float inv_scale;       // 1 / loss_scale, exact because the scale is a power of two
-  float found_inf;       // 1 when this step's gradients held inf/nan (set by the unscale pass)
-  float grad_norm_sq;    // squared global L2 norm of the unscaled gradients of this step
-  float loss;            // unscaled mean loss of this step
-  float learning_rate;   // learning rate for this step (written by the host before the step)
+  float loss_scale;     // current loss scale (a power of two; 1 when scaling is off)
+  float inv_scale;      // 1 / loss_scale, exact because the scale is a power of two
+  float found_inf;      // 1 when this step's gradients held inf/nan (set by the unscale pass)
+  float grad_norm_sq;   // squared global L2 norm of the unscaled gradients of this step
+  float loss;           // unscaled mean loss of this step
+  float learning_rate;  // learning rate for this step (written by the host before the step)
   std::int32_t growth_tracker;   // consecutive clean steps since the scale last changed
   std::int32_t hysteresis_left;  // overflows still tolerated before backing off
   std::int32_t optimizer_steps;  // applied optimizer steps (skipped steps do not count)
@@ -21,8 +21,8 @@ struct StepControl {
   std::int32_t iteration;        // training steps run (applied + skipped)
   std::int32_t scale_at_floor;   // consecutive steps that ended with the scale at its floor
   std::int32_t nonfinite_loss;   // consecutive steps whose loss was not finite
-  float optimizer_scalar;        // optimizer-wide running value (Nadam: product of mu_t), starts at 1
-  std::uint64_t seed;            // RNG seed of the run (dropout)
+  float optimizer_scalar;  // optimizer-wide running value (Nadam: product of mu_t), starts at 1
+  std::uint64_t seed;      // RNG seed of the run (dropout)
 };
 
 // One entry of the per-step history ring the trainer drains lazily.

@@ -79,7 +79,8 @@ EvalResult Trainer::evaluate(const Dataset& data) {
     m.upload_inputs(batch.features, n);
     const std::int64_t count = n * m.rows_per_sample;
     if (m.uses_labels) {
-      if (batch.labels == nullptr) throw DataError("the loss takes labels; the dataset has targets");
+      if (batch.labels == nullptr)
+        throw DataError("the loss takes labels; the dataset has targets");
       m.check_labels(batch.labels, {n}, n);
       m.backend->upload(m.plan->labels, batch.labels,
                         static_cast<std::size_t>(count) * sizeof(std::int32_t));
@@ -89,7 +90,8 @@ EvalResult Trainer::evaluate(const Dataset& data) {
                         static_cast<std::size_t>(n * m.loss_cols * m.rows_per_sample) * 4);
     } else {
       m.check_labels(batch.labels, {n}, n);
-      for (std::int64_t i = 0; i < count; ++i) m.host_targets[i] = static_cast<float>(batch.labels[i]);
+      for (std::int64_t i = 0; i < count; ++i)
+        m.host_targets[i] = static_cast<float>(batch.labels[i]);
       m.backend->upload(m.plan->targets, m.host_targets, static_cast<std::size_t>(count) * 4);
     }
     m.forward(n, false);
@@ -126,7 +128,8 @@ EvalResult Trainer::evaluate(const Dataset& data) {
 
 FitHistory Trainer::fit(const Dataset& train, const FitOptions& options) {
   Impl& m = *impl_;
-  if (options.epochs < 1) throw ConfigError(fmt::format("epochs must be >= 1, got {}", options.epochs));
+  if (options.epochs < 1)
+    throw ConfigError(fmt::format("epochs must be >= 1, got {}", options.epochs));
   const graph::Graph& g = m.model.graph();
   if (options.batch_size < 1 || static_cast<std::int64_t>(options.batch_size) > g.max_batch) {
     throw ConfigError(fmt::format("batch_size {} must be in [1, {}] (the model's batch dimension)",

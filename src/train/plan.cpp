@@ -58,7 +58,8 @@ Plan::Plan(const graph::Graph& g, Backend& be, const PlanOptions& o)
   master = reinterpret_cast<float*>(base + off_master);
   grads = reinterpret_cast<float*>(base + off_grads);
   if (o.policy.mixed()) working = Buf{base + off_working, ct};
-  for (int s = 0; s < o.optimizer_slots; ++s) state[s] = reinterpret_cast<float*>(base + off_state[s]);
+  for (int s = 0; s < o.optimizer_slots; ++s)
+    state[s] = reinterpret_cast<float*>(base + off_state[s]);
   nodes.resize(g.nodes.size());
   for (std::size_t i = 0; i < g.nodes.size(); ++i) {
     nodes[i].activation = Buf{base + off_act[i], ct};
@@ -74,7 +75,9 @@ Plan::Plan(const graph::Graph& g, Backend& be, const PlanOptions& o)
   eval_loss = reinterpret_cast<float*>(base + off_eval);
 }
 
-Plan::~Plan() { backend.free(arena_); }
+Plan::~Plan() {
+  backend.free(arena_);
+}
 
 CBuf Plan::param(std::int64_t offset) const {
   if (working) {

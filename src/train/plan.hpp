@@ -34,8 +34,8 @@ class Plan {
   Plan& operator=(const Plan&) = delete;
 
   struct NodeMemory {
-    Buf activation;  // [max_batch, shape]
-    Buf gradient;    // [max_batch, shape]
+    Buf activation;                           // [max_batch, shape]
+    Buf gradient;                             // [max_batch, shape]
     std::vector<std::int64_t> param_offsets;  // element offset of each parameter in master
   };
 

@@ -11,7 +11,9 @@
 
 namespace mixtrain {
 
-MIXTRAIN_HD bool finite_f(float x) { return x - x == 0.0f; }
+MIXTRAIN_HD bool finite_f(float x) {
+  return x - x == 0.0f;
+}
 
 MIXTRAIN_HD void finish_step_math(StepControl& c, const ScalerParams& p, const OptimizerHyper& h,
                                   StepRecord* history) {

@@ -78,8 +78,9 @@ void init_params(const graph::Graph& g, const Plan& plan, std::uint64_t seed,
             dst[k] = 1.0f;
             break;
           default:
-            dst[k] = (2.0f * counter_uniform(seed, -1, salt, static_cast<std::uint64_t>(k)) - 1.0f) *
-                     bound;
+            dst[k] =
+                (2.0f * counter_uniform(seed, -1, salt, static_cast<std::uint64_t>(k)) - 1.0f) *
+                bound;
         }
       }
     }
@@ -154,7 +155,8 @@ Trainer::Impl::Impl(const Model& m, TrainerConfig c) : model(m), config(std::mov
     in_backward[i] = true;
     for (std::size_t k = 0; k < node.inputs.size(); ++k) {
       const int src = node.inputs[k];
-      if (src == graph::kModelInput || !has_params_upstream[static_cast<std::size_t>(src)]) continue;
+      if (src == graph::kModelInput || !has_params_upstream[static_cast<std::size_t>(src)])
+        continue;
       grad_input[i][k] = true;
       accumulate_input[i][k] = written[static_cast<std::size_t>(src)];
       written[static_cast<std::size_t>(src)] = true;
@@ -194,10 +196,10 @@ Trainer::Impl::Impl(const Model& m, TrainerConfig c) : model(m), config(std::mov
   scaler.history_size = plan->options.history_size;
 
   const std::int64_t b = g.max_batch;
-  host_inputs = static_cast<float*>(backend->alloc_host(
-      static_cast<std::size_t>(b * numel(g.sample_shape)) * sizeof(float)));
-  host_labels = static_cast<std::int32_t*>(
-      backend->alloc_host(static_cast<std::size_t>(b * rows_per_sample + 1) * sizeof(std::int32_t)));
+  host_inputs = static_cast<float*>(
+      backend->alloc_host(static_cast<std::size_t>(b * numel(g.sample_shape)) * sizeof(float)));
+  host_labels = static_cast<std::int32_t*>(backend->alloc_host(
+      static_cast<std::size_t>(b * rows_per_sample + 1) * sizeof(std::int32_t)));
   host_targets = static_cast<float*>(
       backend->alloc_host(static_cast<std::size_t>(b * numel(out) + 1) * sizeof(float)));
   backend->synchronize();
@@ -223,8 +225,8 @@ void Trainer::Impl::check_batch(const float* inputs, const Shape& shape) const {
   Shape expected{g.max_batch};
   expected.insert(expected.end(), g.sample_shape.begin(), g.sample_shape.end());
   const bool batch_ok = !shape.empty() && shape[0] >= 1 && shape[0] <= g.max_batch;
-  const bool sample_ok =
-      shape.size() == expected.size() && std::equal(shape.begin() + 1, shape.end(), expected.begin() + 1);
+  const bool sample_ok = shape.size() == expected.size() &&
+                         std::equal(shape.begin() + 1, shape.end(), expected.begin() + 1);
   if (!batch_ok || !sample_ok) {
     throw ShapeError(fmt::format(
         "input batch has shape {}, but the model takes [n, {}] with 1 <= n <= {} (model input {})",
@@ -254,9 +256,9 @@ void Trainer::Impl::check_labels(const std::int32_t* labels, const Shape& shape,
   const std::int64_t limit = uses_labels ? loss_cols : 2;
   for (std::int64_t i = 0; i < expected; ++i) {
     if (labels[i] < 0 || labels[i] >= limit) {
-      throw DataError(fmt::format(
-          "label {} of the batch is {}, outside [0, {}) ({} with {} output(s))", i, labels[i],
-          limit, loss_name(config.loss), loss_cols));
+      throw DataError(
+          fmt::format("label {} of the batch is {}, outside [0, {}) ({} with {} output(s))", i,
+                      labels[i], limit, loss_name(config.loss), loss_cols));
     }
   }
 }
@@ -270,8 +272,8 @@ void Trainer::Impl::check_targets(const float* targets, const Shape& shape, std:
   }
   for (std::int64_t i = 0; i < n * per; ++i) {
     if (!std::isfinite(targets[i])) {
-      throw DataError(fmt::format("target {} of the batch is {} (targets must be finite)", i,
-                                  targets[i]));
+      throw DataError(
+          fmt::format("target {} of the batch is {} (targets must be finite)", i, targets[i]));
     }
   }
 }
@@ -293,8 +295,8 @@ void Trainer::Impl::forward(std::int64_t n, bool training) {
   for (std::size_t i = 0; i < g.nodes.size(); ++i) {
     if (training && !in_forward[i]) continue;
     const auto& node = g.nodes[i];
-    ForwardArgs a{*backend, plan->control, training, n, {}, plan->nodes[i].activation, {},
-                  policy.allow_tf32};
+    ForwardArgs a{*backend, plan->control,    training, n, {}, plan->nodes[i].activation,
+                  {},       policy.allow_tf32};
     for (int src : node.inputs) a.inputs.push_back(plan->activation_of(src));
     for (auto off : plan->nodes[i].param_offsets) a.params.push_back(plan->param(off));
     node.layer->forward(a);
@@ -307,14 +309,13 @@ void Trainer::Impl::backward(std::int64_t n) {
     if (!in_backward[i]) continue;
     const auto& node = g.nodes[i];
     const Plan::NodeMemory& mem = plan->nodes[i];
-    BackwardArgs a{*backend, plan->control, n, {}, mem.activation, mem.gradient, {}, {}, {}, {},
-                   policy.allow_tf32};
+    BackwardArgs a{*backend, plan->control,    n, {}, mem.activation, mem.gradient, {}, {}, {},
+                   {},       policy.allow_tf32};
     for (std::size_t k = 0; k < node.inputs.size(); ++k) {
       const int src = node.inputs[k];
       a.inputs.push_back(plan->activation_of(src));
-      a.grad_inputs.push_back(grad_input[i][k]
-                                  ? plan->nodes[static_cast<std::size_t>(src)].gradient
-                                  : Buf{});
+      a.grad_inputs.push_back(grad_input[i][k] ? plan->nodes[static_cast<std::size_t>(src)].gradient
+                                               : Buf{});
       a.accumulate_inputs.push_back(accumulate_input[i][k]);
     }
     for (auto off : mem.param_offsets) {
@@ -425,9 +426,10 @@ StepResult Trainer::train_batch(const float* inputs, const Shape& input_shape,
   } else {  // binary losses: 0/1 labels become float targets
     const std::int64_t per = m.loss_cols * m.rows_per_sample;
     if (per != m.rows_per_sample) {
-      throw ShapeError(fmt::format("integer labels fit a single-output model; this one has {} "
-                                   "outputs: pass float targets [n, {}]",
-                                   m.loss_cols, m.loss_cols));
+      throw ShapeError(
+          fmt::format("integer labels fit a single-output model; this one has {} "
+                      "outputs: pass float targets [n, {}]",
+                      m.loss_cols, m.loss_cols));
     }
     for (std::int64_t i = 0; i < count; ++i) m.host_targets[i] = static_cast<float>(labels[i]);
     m.backend->upload(m.plan->targets, m.host_targets,
@@ -436,12 +438,12 @@ StepResult Trainer::train_batch(const float* inputs, const Shape& input_shape,
   return m.step(this, n);
 }
 
-StepResult Trainer::train_batch(const float* inputs, const Shape& input_shape,
-                                const float* targets, const Shape& target_shape) {
+StepResult Trainer::train_batch(const float* inputs, const Shape& input_shape, const float* targets,
+                                const Shape& target_shape) {
   Impl& m = *impl_;
   if (m.uses_labels) {
-    throw ShapeError(fmt::format("loss {} takes integer labels, not float targets",
-                                 loss_name(m.config.loss)));
+    throw ShapeError(
+        fmt::format("loss {} takes integer labels, not float targets", loss_name(m.config.loss)));
   }
   m.check_batch(inputs, input_shape);
   const std::int64_t n = input_shape[0];
@@ -477,16 +479,26 @@ std::vector<float> Trainer::predict(const float* inputs, const Shape& input_shap
   return result;
 }
 
-float StepResult::loss() const { return stats().loss; }
-float StepResult::loss_scale() const { return stats().loss_scale; }
-float StepResult::grad_norm() const { return stats().grad_norm; }
-bool StepResult::skipped() const { return stats().skipped; }
-StepStats StepResult::stats() const { return trainer_->step_stats(step_); }
+float StepResult::loss() const {
+  return stats().loss;
+}
+float StepResult::loss_scale() const {
+  return stats().loss_scale;
+}
+float StepResult::grad_norm() const {
+  return stats().grad_norm;
+}
+bool StepResult::skipped() const {
+  return stats().skipped;
+}
+StepStats StepResult::stats() const {
+  return trainer_->step_stats(step_);
+}
 
 StepStats Trainer::step_stats(std::int64_t step) {
   if (step < 0 || step >= impl_->steps_issued) {
-    throw ConfigError(fmt::format("step {} has not run (steps so far: {})", step,
-                                  impl_->steps_issued));
+    throw ConfigError(
+        fmt::format("step {} has not run (steps so far: {})", step, impl_->steps_issued));
   }
   if (step >= static_cast<std::int64_t>(impl_->history.size())) impl_->drain();
   return impl_->history[static_cast<std::size_t>(step)];
@@ -523,11 +535,21 @@ void Trainer::set_learning_rate(float lr) {
   impl_->backend->upload(&impl_->plan->control->learning_rate, &lr, sizeof lr);
 }
 
-float Trainer::learning_rate() const { return impl_->config.learning_rate; }
-const TrainerConfig& Trainer::config() const { return impl_->config; }
-const Model& Trainer::model() const { return impl_->model; }
-std::string Trainer::device() const { return impl_->backend->name(); }
-PrecisionPolicy Trainer::policy() const { return impl_->policy; }
+float Trainer::learning_rate() const {
+  return impl_->config.learning_rate;
+}
+const TrainerConfig& Trainer::config() const {
+  return impl_->config;
+}
+const Model& Trainer::model() const {
+  return impl_->model;
+}
+std::string Trainer::device() const {
+  return impl_->backend->name();
+}
+PrecisionPolicy Trainer::policy() const {
+  return impl_->policy;
+}
 
 std::vector<float> Trainer::weights() {
   std::vector<float> w(static_cast<std::size_t>(impl_->plan->param_count));
@@ -572,9 +594,10 @@ void Trainer::load_weights(const std::filesystem::path& path) {
   std::memcpy(&count, blob.data() + sizeof kWeightsMagic, sizeof count);
   const std::size_t header = sizeof kWeightsMagic + sizeof count;
   if (blob.size() != header + count * sizeof(float)) {
-    throw IoError(fmt::format("{}: truncated or oversized: header says {} weights, file holds {} "
-                              "bytes",
-                              path.string(), count, blob.size()));
+    throw IoError(
+        fmt::format("{}: truncated or oversized: header says {} weights, file holds {} "
+                    "bytes",
+                    path.string(), count, blob.size()));
   }
   std::vector<float> w(count);
   std::memcpy(w.data(), blob.data() + header, count * sizeof(float));

@@ -27,12 +27,12 @@ struct Trainer::Impl {
   // (sigmoid) when the loss is a cross-entropy (binary cross-entropy) and takes logits instead.
   int loss_node = 0;
   LossKind loss_kind = LossKind::SparseCrossEntropy;
-  bool uses_labels = true;        // int32 labels (sparse cross-entropy) vs float targets
-  std::int64_t loss_cols = 0;     // classes (cross-entropy) or outputs per row
+  bool uses_labels = true;     // int32 labels (sparse cross-entropy) vs float targets
+  std::int64_t loss_cols = 0;  // classes (cross-entropy) or outputs per row
   std::int64_t rows_per_sample = 1;
 
-  std::vector<bool> in_forward;   // nodes the training forward pass runs
-  std::vector<bool> in_backward;  // nodes whose backward runs
+  std::vector<bool> in_forward;                     // nodes the training forward pass runs
+  std::vector<bool> in_backward;                    // nodes whose backward runs
   std::vector<std::vector<bool>> grad_input;        // [node][input]: gradient needed
   std::vector<std::vector<bool>> accumulate_input;  // [node][input]: add into it
 

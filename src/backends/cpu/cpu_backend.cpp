@@ -82,7 +82,9 @@ void CpuBackend::unscale_and_check(float* grad, std::int64_t count, StepControl*
   control->grad_norm_sq = any_bad ? INFINITY : static_cast<float>(total);
 }
 
-void CpuBackend::optimizer_step(const OptimizerDesc& desc) { cpu_optimizer_step(desc); }
+void CpuBackend::optimizer_step(const OptimizerDesc& desc) {
+  cpu_optimizer_step(desc);
+}
 
 void CpuBackend::finish_step(StepControl* control, const ScalerParams& params,
                              const OptimizerHyper& hyper, StepRecord* history) {
@@ -91,6 +93,8 @@ void CpuBackend::finish_step(StepControl* control, const ScalerParams& params,
 
 }  // namespace cpu
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<cpu::CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend() {
+  return std::make_unique<cpu::CpuBackend>();
+}
 
 }  // namespace mixtrain

@@ -68,7 +68,8 @@ void CpuBackend::activation_forward(Activation act, float alpha, CBuf x, Buf y, 
     const T* px = as<T>(x.ptr);
     T* py = as<T>(y.ptr);
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
-    for (std::int64_t i = 0; i < n; ++i) py[i] = store<T>(activation_value(act, alpha, load(px[i])));
+    for (std::int64_t i = 0; i < n; ++i)
+      py[i] = store<T>(activation_value(act, alpha, load(px[i])));
   });
 }
 
@@ -102,7 +103,8 @@ void CpuBackend::dropout_forward(float rate, std::uint64_t salt, CBuf x, Buf y, 
     T* py = as<T>(y.ptr);
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (std::int64_t i = 0; i < n; ++i) {
-      const bool keep = counter_uniform(seed, iteration, salt, static_cast<std::uint64_t>(i)) >= rate;
+      const bool keep =
+          counter_uniform(seed, iteration, salt, static_cast<std::uint64_t>(i)) >= rate;
       py[i] = store<T>(keep ? load(px[i]) * keep_scale : 0.0f);
     }
   });
@@ -120,7 +122,8 @@ void CpuBackend::dropout_backward(float rate, std::uint64_t salt, CBuf dy, Buf d
     T* pdx = as<T>(dx.ptr);
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (std::int64_t i = 0; i < n; ++i) {
-      const bool keep = counter_uniform(seed, iteration, salt, static_cast<std::uint64_t>(i)) >= rate;
+      const bool keep =
+          counter_uniform(seed, iteration, salt, static_cast<std::uint64_t>(i)) >= rate;
       write(pdx, i, keep ? load(pdy[i]) * keep_scale : 0.0f, accumulate);
     }
   });

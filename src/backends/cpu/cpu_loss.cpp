@@ -28,7 +28,8 @@ void CpuBackend::loss(const LossDesc& d) {
         float mx = -INFINITY;
         for (std::int64_t c = 0; c < cols; ++c) mx = std::max(mx, load(x[c]));
         double sum = 0.0;
-        for (std::int64_t c = 0; c < cols; ++c) sum += std::exp(static_cast<double>(load(x[c]) - mx));
+        for (std::int64_t c = 0; c < cols; ++c)
+          sum += std::exp(static_cast<double>(load(x[c]) - mx));
         const float lse = mx + static_cast<float>(std::log(sum));
         const float* tgt = d.targets != nullptr ? d.targets + r * cols : nullptr;
         const std::int32_t label = d.labels != nullptr ? d.labels[r] : -1;
