@@ -10,3 +10,4 @@
 #include "mixtrain/precision.hpp"
 #include "mixtrain/shape.hpp"
 #include "mixtrain/trainer.hpp"
+#include "mixtrain/report.hpp"
