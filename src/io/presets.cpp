@@ -1,6 +1,7 @@
 #include "io/presets.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <array>
 
@@ -50,8 +51,7 @@ struct Preset {
 // its builder function above; preset_names(), the CLI's help and the tests pick it up.
 constexpr std::array kPresets{
     Preset{"mlp", "Fashion-MNIST MLP: 784-512-256-10, relu, dropout 0.2", fashion_mlp},
-    Preset{"small_mlp", "BENCHMARKS.md small_mlp: 784-512-256-10, relu, dropout 0.2",
-           fashion_mlp},
+    Preset{"small_mlp", "BENCHMARKS.md small_mlp: 784-512-256-10, relu, dropout 0.2", fashion_mlp},
     Preset{"large_mlp", "BENCHMARKS.md large_mlp: 784-4096-4096-4096-10, relu", large_mlp},
     Preset{"logistic", "logistic regression: 784-10", logistic},
 };
@@ -80,7 +80,9 @@ std::vector<std::string> preset_names() {
   return names;
 }
 
-std::string preset_description(const std::string& name) { return find_preset(name).description; }
+std::string preset_description(const std::string& name) {
+  return find_preset(name).description;
+}
 
 bool is_preset(const std::string& name) {
   for (const Preset& p : kPresets) {
