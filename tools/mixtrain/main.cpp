@@ -22,6 +22,19 @@ int main(int argc, char** argv) {
       "  mixtrain bench --device cpu --workloads small_mlp --steps 50");
   const std::vector<Command> commands = {add_train_command(app), add_compare_command(app),
                                          add_eval_command(app), add_bench_command(app)};
+  const auto known = [&](const char* name) {
+    for (const Command& c : commands) {
+      if (c.app->get_name() == name) return true;
+    }
+    return false;
+  };
+  if (argc > 1 && argv[1][0] != '-' && !known(argv[1])) {
+    std::fprintf(stderr,
+                 "error: unknown subcommand '%s' (subcommands: train, compare, eval, bench)\n",
+                 argv[1]);
+    std::fprintf(stderr, "Run with --help for usage.\n");
+    return kExitUsage;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
