@@ -1,0 +1,134 @@
+// The CUDA backend: one stream, one cuBLASLt handle with a preallocated workspace, kernels that
+// load the storage type, compute in fp32 and round once, and whole training steps captured as
+// CUDA graphs. docs/cuda.md describes how it works.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "ops/backend.hpp"
+
+namespace mixtrain::cuda {
+
+// Every field of a GEMM that changes the cuBLASLt descriptors or the algorithm choice.
+using GemmKey = std::array<std::int64_t, 20>;
+struct GemmKeyHash {
+  std::size_t operator()(const GemmKey& k) const noexcept;
+};
+struct GemmPlan;  // descriptors, layouts and the chosen algorithm (cuda_gemm.cpp)
+struct GemmPlanDeleter {
+  void operator()(GemmPlan* plan) const noexcept;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend();
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  std::string name() const override { return "cuda"; }
+
+  void* alloc(std::size_t bytes) override;
+  void free(void* ptr) override;
+  void upload(void* dst, const void* host_src, std::size_t bytes) override;
+  void download(void* host_dst, const void* src, std::size_t bytes) override;
+  void synchronize() override;
+  void* alloc_host(std::size_t bytes) override;
+  void free_host(void* ptr) override;
+  std::size_t memory_in_use() const override { return in_use_; }
+  std::size_t peak_memory() const override { return peak_; }
+
+  void run_step(const std::string& key, const std::function<void()>& body) override;
+  void reset_steps() override;
+
+  void fill(Buf x, std::int64_t n, float value) override;
+  void convert(CBuf src, Buf dst, std::int64_t n, bool accumulate) override;
+  void add(CBuf a, CBuf b, Buf y, std::int64_t n) override;
+  void activation_forward(Activation act, float alpha, CBuf x, Buf y, std::int64_t n) override;
+  void activation_backward(Activation act, float alpha, CBuf x, CBuf y, CBuf dy, Buf dx,
+                           std::int64_t n, bool accumulate) override;
+  void dropout_forward(float rate, std::uint64_t salt, CBuf x, Buf y, std::int64_t n,
+                       const StepControl* control) override;
+  void dropout_backward(float rate, std::uint64_t salt, CBuf dy, Buf dx, std::int64_t n,
+                        const StepControl* control, bool accumulate) override;
+  void softmax_forward(CBuf x, Buf y, std::int64_t rows, std::int64_t cols) override;
+  void softmax_backward(CBuf y, CBuf dy, Buf dx, std::int64_t rows, std::int64_t cols,
+                        bool accumulate) override;
+
+  void gemm(const GemmDesc& desc) override;
+  void bias_grad(CBuf dy, Buf db, std::int64_t rows, std::int64_t cols,
+                 bool accumulate) override;
+
+  void loss(const LossDesc& desc) override;
+
+  void unscale_and_check(float* grad, std::int64_t count, StepControl* control) override;
+  void optimizer_step(const OptimizerDesc& desc) override;
+  void finish_step(StepControl* control, const ScalerParams& params, const OptimizerHyper& hyper,
+                   StepRecord* history) override;
+
+  // Whether run_step captures graphs (false when MIXTRAIN_CUDA_GRAPHS=0).
+  bool graphs_enabled() const { return graphs_enabled_; }
+  cudaStream_t stream() const { return stream_; }
+
+ private:
+  // True during the host-only planning pass of a step's first run_step: ops validate their
+  // arguments (and gemm prepares its cuBLASLt plan) but launch nothing.
+  bool planning() const { return planning_; }
+  void release() noexcept;
+  // Throws DeviceError when called while a step is being planned or captured (host transfers
+  // and synchronisation cannot be part of a graph).
+  void require_outside_step(const char* what) const;
+  // Blocks for a grid-stride kernel over `items` work items of `threads` threads each.
+  unsigned grid_for(std::int64_t items, int threads) const;
+
+  GemmPlan& gemm_plan(const GemmDesc& d, bool bias_epilogue);
+  // C = beta * C + bias over every row (gemm with k == 0, and the bias seed of the fallback).
+  void gemm_epilogue_only(const GemmDesc& d, float beta, bool with_bias);
+
+  // Staging ring for upload(): the host copy is taken before upload() returns.
+  struct PendingCopy {
+    std::size_t begin, end;
+    cudaEvent_t done;
+  };
+  std::size_t stage(std::size_t bytes);  // returns the ring offset of a free region
+  cudaEvent_t take_event();
+
+  int device_ = 0;
+  int sm_count_ = 1;
+  cudaStream_t stream_ = nullptr;
+  cublasLtHandle_t lt_ = nullptr;
+  void* workspace_ = nullptr;
+  std::size_t workspace_bytes_ = 0;
+  // Fixed device scratch for the partial sums of the deterministic two-stage reductions.
+  void* scratch_ = nullptr;
+  std::size_t scratch_bytes_ = 0;
+
+  std::unordered_map<void*, std::size_t> allocations_;
+  std::size_t in_use_ = 0;
+  std::size_t peak_ = 0;
+
+  char* ring_ = nullptr;
+  std::size_t ring_bytes_ = 0;
+  std::size_t ring_head_ = 0;
+  std::deque<PendingCopy> pending_;
+  std::vector<cudaEvent_t> spare_events_;
+
+  bool graphs_enabled_ = true;
+  bool planning_ = false;
+  bool capturing_ = false;
+  std::unordered_map<std::string, cudaGraphExec_t> graphs_;
+
+  std::unordered_map<GemmKey, std::unique_ptr<GemmPlan, GemmPlanDeleter>, GemmKeyHash> gemm_plans_;
+};
+
+}  // namespace mixtrain::cuda

@@ -1,0 +1,123 @@
+// Device-side building blocks shared by the kernel files: storage-type conversion, 16-byte packs,
+// dtype dispatch, deterministic block reductions.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "mixtrain/dtype.hpp"
+#include "mixtrain/error.hpp"
+
+namespace mixtrain::cuda {
+
+inline constexpr int kThreads = 256;  // threads per block of the element-wise kernels
+inline constexpr int kWarp = 32;
+
+// Load converts the storage type to float; store rounds to nearest even, overflowing to inf
+// exactly like src/core/half.hpp on the CPU.
+template <typename T>
+struct Dev;
+template <>
+struct Dev<float> {
+  __device__ __forceinline__ static float load(float v) { return v; }
+  __device__ __forceinline__ static float store(float v) { return v; }
+};
+template <>
+struct Dev<__half> {
+  __device__ __forceinline__ static float load(__half v) { return __half2float(v); }
+  __device__ __forceinline__ static __half store(float v) { return __float2half_rn(v); }
+};
+template <>
+struct Dev<__nv_bfloat16> {
+  __device__ __forceinline__ static float load(__nv_bfloat16 v) { return __bfloat162float(v); }
+  __device__ __forceinline__ static __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
+};
+
+template <typename T>
+__device__ __forceinline__ float ld(const T* p, std::int64_t i) {
+  return Dev<T>::load(p[i]);
+}
+template <typename T>
+__device__ __forceinline__ void st(T* p, std::int64_t i, float v) {
+  p[i] = Dev<T>::store(v);
+}
+
+// N consecutive elements moved with one (or, for 32-byte packs, two) vector memory operations.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+template <int N, typename T>
+__device__ __forceinline__ void load_pack(const T* p, float (&out)[N]) {
+  const Pack<T, N> pk = *reinterpret_cast<const Pack<T, N>*>(p);
+#pragma unroll
+  for (int j = 0; j < N; ++j) out[j] = Dev<T>::load(pk.v[j]);
+}
+
+template <int N, typename T>
+__device__ __forceinline__ void store_pack(T* p, const float (&in)[N]) {
+  Pack<T, N> pk;
+#pragma unroll
+  for (int j = 0; j < N; ++j) pk.v[j] = Dev<T>::store(in[j]);
+  *reinterpret_cast<Pack<T, N>*>(p) = pk;
+}
+
+inline bool aligned_to(const void* p, std::size_t bytes) {
+  return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
+}
+
+[[noreturn]] inline void unsupported_dtype(const char* op, DType t) {
+  throw Error(std::string("internal: ") + op + " on the cuda backend takes f32, f16 or bf16, not " +
+              std::string(dtype_name(t)));
+}
+
+// Calls f(T{}) with the storage type of a floating training dtype.
+template <typename F>
+decltype(auto) dispatch_float(DType t, const char* op, F&& f) {
+  if (t == DType::F32) return f(float{});
+  if (t == DType::F16) return f(__half{});
+  if (t == DType::BF16) return f(__nv_bfloat16{});
+  unsupported_dtype(op, t);
+}
+
+inline void require_same(DType a, DType b, const char* op) {
+  if (a != b) {
+    throw Error(std::string("internal: ") + op + " needs matching dtypes, got " +
+                std::string(dtype_name(a)) + " and " + std::string(dtype_name(b)));
+  }
+}
+
+// Sum over a warp in a fixed butterfly order: every lane ends with the same, reproducible value.
+template <typename V>
+__device__ __forceinline__ V warp_sum(V v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over a block of kThreads threads in a fixed order (warp butterflies, then warp 0 adds the
+// warp totals in order). The result is valid in thread 0. `shared` holds kThreads / kWarp values.
+template <typename V>
+__device__ __forceinline__ V block_sum(V v, V* shared) {
+  v = warp_sum(v);
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  V total = V(0);
+  if (threadIdx.x == 0) {
+    for (int w = 0; w < kThreads / kWarp; ++w) total += shared[w];
+  }
+  return total;
+}
+
+}  // namespace mixtrain::cuda

@@ -1,0 +1,246 @@
+// GEMM through cuBLASLt. Row-major C = op(A) op(B) is computed as the column-major product
+// C^T = op(B)^T op(A)^T: cuBLASLt's A is our B, its B is our A, and C keeps its memory as an
+// n x m column-major matrix. Descriptors, layouts and the heuristic's algorithm are built once
+// per shape (GemmKey) and reused, so a step does no cuBLASLt setup and a captured graph replays
+// the same algorithms.
+#include <cstring>
+#include <string>
+
+#include "backends/cuda/cuda_backend.hpp"
+#include "backends/cuda/cuda_check.hpp"
+#include "mixtrain/error.hpp"
+
+namespace mixtrain::cuda {
+
+struct GemmPlan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr;  // cuBLASLt's A: our B
+  cublasLtMatrixLayout_t b = nullptr;  // cuBLASLt's B: our A
+  cublasLtMatrixLayout_t c = nullptr;  // C and D
+  cublasLtMatmulAlgo_t algo{};
+  bool bias_epilogue = false;  // false: the bias (if any) is added by gemm_epilogue_only
+
+  ~GemmPlan() {
+    if (c != nullptr) (void)cublasLtMatrixLayoutDestroy(c);
+    if (b != nullptr) (void)cublasLtMatrixLayoutDestroy(b);
+    if (a != nullptr) (void)cublasLtMatrixLayoutDestroy(a);
+    if (op != nullptr) (void)cublasLtMatmulDescDestroy(op);
+  }
+};
+
+void GemmPlanDeleter::operator()(GemmPlan* plan) const noexcept { delete plan; }
+
+std::size_t GemmKeyHash::operator()(const GemmKey& k) const noexcept {
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (std::int64_t v : k) {
+    h ^= static_cast<std::uint64_t>(v) + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
+  }
+  return static_cast<std::size_t>(h);
+}
+
+namespace {
+
+cudaDataType_t cuda_type(DType t, const char* what) {
+  switch (t) {
+    case DType::F32:
+      return CUDA_R_32F;
+    case DType::F16:
+      return CUDA_R_16F;
+    case DType::BF16:
+      return CUDA_R_16BF;
+    default:
+      break;
+  }
+  throw Error(std::string("internal: gemm ") + what + " on the cuda backend must be f32, f16 or " +
+              "bf16, not " + std::string(dtype_name(t)));
+}
+
+// Largest power of two (at most 256) dividing the address and, for batched products, the batch
+// stride in bytes: what cuBLASLt may assume about every matrix it reads.
+std::int64_t alignment(const void* p, std::int64_t stride_elems, std::size_t elem, bool batched) {
+  std::uint64_t bits = reinterpret_cast<std::uintptr_t>(p) | 256u;
+  if (batched) bits |= static_cast<std::uint64_t>(stride_elems) * elem;
+  return static_cast<std::int64_t>(bits & (~bits + 1));
+}
+
+template <typename T>
+void set_attr(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, const T& value) {
+  MIXTRAIN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, attr, &value, sizeof value));
+}
+
+template <typename T>
+void set_layout_attr(cublasLtMatrixLayout_t layout, cublasLtMatrixLayoutAttribute_t attr,
+                     const T& value) {
+  MIXTRAIN_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, attr, &value, sizeof value));
+}
+
+cublasLtMatrixLayout_t make_layout(cudaDataType_t type, std::int64_t rows, std::int64_t cols,
+                                   std::int64_t ld, std::int64_t batch, std::int64_t stride) {
+  cublasLtMatrixLayout_t layout = nullptr;
+  MIXTRAIN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout, type, static_cast<std::uint64_t>(rows),
+                                                   static_cast<std::uint64_t>(cols), ld));
+  if (batch > 1) {
+    try {
+      set_layout_attr(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, static_cast<std::int32_t>(batch));
+      set_layout_attr(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, stride);
+    } catch (...) {
+      (void)cublasLtMatrixLayoutDestroy(layout);
+      throw;
+    }
+  }
+  return layout;
+}
+
+std::string describe(const GemmDesc& d) {
+  return "gemm m=" + std::to_string(d.m) + " n=" + std::to_string(d.n) + " k=" +
+         std::to_string(d.k) + " trans_a=" + std::to_string(d.trans_a) +
+         " trans_b=" + std::to_string(d.trans_b) + " lda=" + std::to_string(d.lda) +
+         " ldb=" + std::to_string(d.ldb) + " ldc=" + std::to_string(d.ldc) + " batch=" +
+         std::to_string(d.batch) + " operands " + std::string(dtype_name(d.a.dtype)) +
+         " output " + std::string(dtype_name(d.c.dtype)) +
+         (d.bias ? " bias " + std::string(dtype_name(d.bias.dtype)) : std::string());
+}
+
+}  // namespace
+
+GemmPlan& CudaBackend::gemm_plan(const GemmDesc& d, bool bias_epilogue) {
+  const cudaDataType_t ab_type = cuda_type(d.a.dtype, "operands");
+  const cudaDataType_t c_type = cuda_type(d.c.dtype, "output");
+  const bool batched = d.batch > 1;
+  const std::size_t ab_size = dtype_size(d.a.dtype), c_size = dtype_size(d.c.dtype);
+  const bool tf32 = d.allow_tf32 && d.a.dtype == DType::F32;
+  const std::int64_t align_a = alignment(d.a.ptr, d.stride_a, ab_size, batched);
+  const std::int64_t align_b = alignment(d.b.ptr, d.stride_b, ab_size, batched);
+  const std::int64_t align_c = alignment(d.c.ptr, d.stride_c, c_size, batched);
+  const std::int64_t align_bias = bias_epilogue ? alignment(d.bias.ptr, 0, 1, false) : 0;
+  const GemmKey key{d.trans_a,
+                    d.trans_b,
+                    d.m,
+                    d.n,
+                    d.k,
+                    d.lda,
+                    d.ldb,
+                    d.ldc,
+                    static_cast<std::int64_t>(d.a.dtype),
+                    static_cast<std::int64_t>(d.c.dtype),
+                    bias_epilogue ? 1 + static_cast<std::int64_t>(d.bias.dtype) : 0,
+                    d.batch,
+                    batched ? d.stride_a : 0,
+                    batched ? d.stride_b : 0,
+                    batched ? d.stride_c : 0,
+                    tf32,
+                    align_a,
+                    align_b,
+                    align_c,
+                    align_bias};
+  const auto found = gemm_plans_.find(key);
+  if (found != gemm_plans_.end()) return *found->second;
+
+  std::unique_ptr<GemmPlan, GemmPlanDeleter> plan(new GemmPlan);
+  const cublasComputeType_t compute = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  MIXTRAIN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->op, compute, CUDA_R_32F));
+  const cublasOperation_t op_a = d.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt's A = our B
+  const cublasOperation_t op_b = d.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt's B = our A
+  set_attr(plan->op, CUBLASLT_MATMUL_DESC_TRANSA, op_a);
+  set_attr(plan->op, CUBLASLT_MATMUL_DESC_TRANSB, op_b);
+  // Column-major dimensions: M' = n, N' = m, K = k. A stored matrix's rows and columns are those
+  // of the operand before its transposition.
+  plan->a = make_layout(ab_type, d.trans_b ? d.k : d.n, d.trans_b ? d.n : d.k, d.ldb, d.batch,
+                        d.stride_b);
+  plan->b = make_layout(ab_type, d.trans_a ? d.m : d.k, d.trans_a ? d.k : d.m, d.lda, d.batch,
+                        d.stride_a);
+  plan->c = make_layout(c_type, d.n, d.m, d.ldc, d.batch, d.stride_c);
+
+  cublasLtMatmulPreference_t pref = nullptr;
+  MIXTRAIN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  constexpr int kRequested = 8;
+  cublasLtMatmulHeuristicResult_t results[kRequested] = {};
+  int returned = 0;
+  const auto query = [&](bool with_bias) {
+    const cublasLtEpilogue_t epilogue = with_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    set_attr(plan->op, CUBLASLT_MATMUL_DESC_EPILOGUE, epilogue);
+    if (with_bias) {
+      // The heuristic reads the bias pointer's alignment; gemm() sets the pointer of each call.
+      const void* bias = d.bias.ptr;
+      set_attr(plan->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+    }
+    returned = 0;
+    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
+        lt_, plan->op, plan->a, plan->b, plan->c, plan->c, pref, kRequested, results, &returned);
+    if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) {
+      MIXTRAIN_CUBLAS_CHECK(st);
+    }
+    if (st != CUBLAS_STATUS_SUCCESS) returned = 0;
+  };
+  try {
+    const std::uint64_t workspace = workspace_bytes_;
+    MIXTRAIN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace));
+    const std::uint32_t aligns[4] = {static_cast<std::uint32_t>(align_b),
+                                     static_cast<std::uint32_t>(align_a),
+                                     static_cast<std::uint32_t>(align_c),
+                                     static_cast<std::uint32_t>(align_c)};
+    const cublasLtMatmulPreferenceAttributes_t align_attrs[4] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    for (int i = 0; i < 4; ++i) {
+      MIXTRAIN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, align_attrs[i], &aligns[i],
+                                                                 sizeof aligns[i]));
+    }
+    plan->bias_epilogue = bias_epilogue;
+    query(bias_epilogue);
+    if (returned == 0 && bias_epilogue) {  // no fused-bias kernel for this case: add it apart
+      plan->bias_epilogue = false;
+      query(false);
+    }
+  } catch (...) {
+    (void)cublasLtMatmulPreferenceDestroy(pref);
+    throw;
+  }
+  (void)cublasLtMatmulPreferenceDestroy(pref);
+  int chosen = -1;
+  for (int i = 0; i < returned && chosen < 0; ++i) {
+    if (results[i].state == CUBLAS_STATUS_SUCCESS) chosen = i;
+  }
+  if (chosen < 0) {
+    throw DeviceError("cuBLASLt has no algorithm for " + describe(d) + " (alignments A " +
+                      std::to_string(align_a) + ", B " + std::to_string(align_b) + ", C " +
+                      std::to_string(align_c) + " bytes)");
+  }
+  plan->algo = results[chosen].algo;
+  return *gemm_plans_.emplace(key, std::move(plan)).first->second;
+}
+
+void CudaBackend::gemm(const GemmDesc& d) {
+  if (d.a.dtype != d.b.dtype) {
+    throw Error("internal: gemm operands differ in dtype (" + std::string(dtype_name(d.a.dtype)) +
+                " and " + std::string(dtype_name(d.b.dtype)) + ")");
+  }
+  (void)cuda_type(d.a.dtype, "operands");
+  (void)cuda_type(d.c.dtype, "output");
+  if (d.bias) (void)cuda_type(d.bias.dtype, "bias");
+  if (d.m <= 0 || d.n <= 0 || d.batch <= 0) return;
+  if (d.k <= 0) {  // an empty product: C = beta * C (+ bias)
+    gemm_epilogue_only(d, d.beta, static_cast<bool>(d.bias));
+    return;
+  }
+  // The fused bias epilogue takes a bias of C's type; otherwise (or when cuBLASLt has no fused
+  // kernel) C is seeded with beta * C + bias and the product accumulates onto it with beta = 1.
+  GemmPlan& plan = gemm_plan(d, d.bias && d.bias.dtype == d.c.dtype);
+  if (planning()) return;
+  float beta = d.beta;
+  if (d.bias && !plan.bias_epilogue) {
+    gemm_epilogue_only(d, d.beta, true);
+    beta = 1.0f;
+  }
+  if (plan.bias_epilogue) {
+    const void* bias = d.bias.ptr;
+    set_attr(plan.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+  }
+  const float alpha = d.alpha;
+  MIXTRAIN_CUBLAS_CHECK(cublasLtMatmul(lt_, plan.op, &alpha, d.b.ptr, plan.a, d.a.ptr, plan.b,
+                                       &beta, d.c.ptr, plan.c, d.c.ptr, plan.c, &plan.algo,
+                                       workspace_, workspace_bytes_, stream_));
+}
+
+}  // namespace mixtrain::cuda

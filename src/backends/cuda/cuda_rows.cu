@@ -1,0 +1,165 @@
+// Row and column reductions: softmax forward/backward (one warp per row, fp32 math) and the bias
+// gradient (fp32 column sums in a fixed order: no atomics, the same bits every run).
+#include <algorithm>
+#include <cstdint>
+
+#include "backends/cuda/cuda_backend.hpp"
+#include "backends/cuda/cuda_check.hpp"
+#include "backends/cuda/cuda_common.cuh"
+
+namespace mixtrain::cuda {
+
+namespace {
+
+constexpr int kWarpsPerBlock = kThreads / kWarp;
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    softmax_forward_kernel(const T* __restrict__ x, T* __restrict__ y, std::int64_t rows,
+                           std::int64_t cols) {
+  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+  const std::int64_t warp = threadIdx.x / kWarp;
+  for (std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * kWarpsPerBlock + warp; r < rows;
+       r += static_cast<std::int64_t>(gridDim.x) * kWarpsPerBlock) {
+    const T* in = x + r * cols;
+    T* out = y + r * cols;
+    float mx = -INFINITY;
+    for (std::int64_t c = lane; c < cols; c += kWarp) mx = fmaxf(mx, ld(in, c));
+    mx = warp_max(mx);
+    float sum = 0.0f;
+    for (std::int64_t c = lane; c < cols; c += kWarp) sum += expf(ld(in, c) - mx);
+    sum = warp_sum(sum);
+    const float inv = 1.0f / sum;
+    for (std::int64_t c = lane; c < cols; c += kWarp) st(out, c, expf(ld(in, c) - mx) * inv);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    softmax_backward_kernel(const T* __restrict__ y, const T* __restrict__ dy, T* dx,
+                            std::int64_t rows, std::int64_t cols, bool accumulate) {
+  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+  const std::int64_t warp = threadIdx.x / kWarp;
+  for (std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * kWarpsPerBlock + warp; r < rows;
+       r += static_cast<std::int64_t>(gridDim.x) * kWarpsPerBlock) {
+    const std::int64_t o = r * cols;
+    float dot = 0.0f;
+    for (std::int64_t c = lane; c < cols; c += kWarp) dot += ld(y, o + c) * ld(dy, o + c);
+    dot = warp_sum(dot);
+    for (std::int64_t c = lane; c < cols; c += kWarp) {
+      const float v = ld(y, o + c) * (ld(dy, o + c) - dot);
+      st(dx, o + c, accumulate ? ld(dx, o + c) + v : v);
+    }
+  }
+}
+
+// Column sums of one chunk of rows. Block (32, 8): threadIdx.x picks the column, threadIdx.y a
+// row phase; the 8 phase sums are added in order. With one chunk the result goes straight to
+// db; otherwise to partial[chunk][cols] for bias_grad_combine_kernel.
+constexpr int kColTile = 32;
+constexpr int kRowPhases = kThreads / kColTile;
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    bias_grad_kernel(const T* __restrict__ dy, std::int64_t rows, std::int64_t cols,
+                     std::int64_t rows_per_chunk, float* __restrict__ out, bool direct,
+                     bool accumulate) {
+  __shared__ float sums[kRowPhases][kColTile + 1];
+  const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * kColTile + threadIdx.x;
+  const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.y) * rows_per_chunk;
+  const std::int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
+  float acc = 0.0f;
+  if (c < cols) {
+    for (std::int64_t r = r0 + threadIdx.y; r < r1; r += kRowPhases) acc += ld(dy, r * cols + c);
+  }
+  sums[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    float total = 0.0f;
+    for (int p = 0; p < kRowPhases; ++p) total += sums[p][threadIdx.x];
+    if (direct) {
+      out[c] = accumulate ? out[c] + total : total;
+    } else {
+      out[static_cast<std::int64_t>(blockIdx.y) * cols + c] = total;
+    }
+  }
+}
+
+__global__ void bias_grad_combine_kernel(const float* __restrict__ partial, std::int64_t chunks,
+                                         std::int64_t cols, float* db, bool accumulate) {
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       c < cols; c += stride) {
+    float total = 0.0f;
+    for (std::int64_t k = 0; k < chunks; ++k) total += partial[k * cols + c];
+    db[c] = accumulate ? db[c] + total : total;
+  }
+}
+
+}  // namespace
+
+void CudaBackend::softmax_forward(CBuf x, Buf y, std::int64_t rows, std::int64_t cols) {
+  require_same(x.dtype, y.dtype, "softmax_forward");
+  dispatch_float(y.dtype, "softmax_forward", [&](auto t) {
+    using T = decltype(t);
+    if (planning() || rows <= 0 || cols <= 0) return;
+    softmax_forward_kernel<<<grid_for(rows, kWarpsPerBlock), kThreads, 0, stream_>>>(
+        static_cast<const T*>(x.ptr), static_cast<T*>(y.ptr), rows, cols);
+    MIXTRAIN_CUDA_LAUNCH_CHECK("softmax_forward_kernel");
+  });
+}
+
+void CudaBackend::softmax_backward(CBuf y, CBuf dy, Buf dx, std::int64_t rows, std::int64_t cols,
+                                   bool accumulate) {
+  require_same(y.dtype, dy.dtype, "softmax_backward");
+  require_same(y.dtype, dx.dtype, "softmax_backward");
+  dispatch_float(dx.dtype, "softmax_backward", [&](auto t) {
+    using T = decltype(t);
+    if (planning() || rows <= 0 || cols <= 0) return;
+    softmax_backward_kernel<<<grid_for(rows, kWarpsPerBlock), kThreads, 0, stream_>>>(
+        static_cast<const T*>(y.ptr), static_cast<const T*>(dy.ptr), static_cast<T*>(dx.ptr),
+        rows, cols, accumulate);
+    MIXTRAIN_CUDA_LAUNCH_CHECK("softmax_backward_kernel");
+  });
+}
+
+void CudaBackend::bias_grad(CBuf dy, Buf db, std::int64_t rows, std::int64_t cols,
+                            bool accumulate) {
+  if (db.dtype != DType::F32) {
+    throw Error("internal: bias_grad on the cuda backend writes f32, not " +
+                std::string(dtype_name(db.dtype)));
+  }
+  dispatch_float(dy.dtype, "bias_grad", [&](auto t) {
+    using T = decltype(t);
+    if (planning() || cols <= 0) return;
+    float* out = static_cast<float*>(db.ptr);
+    if (rows <= 0) {  // an empty sum: zero, or db unchanged
+      if (!accumulate) fill(db, cols, 0.0f);
+      return;
+    }
+    // Rows are split into chunks of 256 (32 per row phase) so that tall, narrow gradients still
+    // fill the GPU; the chunking depends on the shape only, so the summation order is fixed.
+    constexpr std::int64_t kChunkRows = 256;
+    const std::int64_t max_chunks = std::min<std::int64_t>(
+        65535, static_cast<std::int64_t>(scratch_bytes_ / sizeof(float)) / cols);
+    std::int64_t chunks = std::min((rows + kChunkRows - 1) / kChunkRows, max_chunks);
+    if (chunks < 1) chunks = 1;
+    const std::int64_t per_chunk = (rows + chunks - 1) / chunks;
+    const dim3 grid(static_cast<unsigned>((cols + kColTile - 1) / kColTile),
+                    static_cast<unsigned>(chunks));
+    const dim3 block(kColTile, kRowPhases);
+    const bool direct = chunks == 1;
+    float* partial = static_cast<float*>(scratch_);
+    bias_grad_kernel<<<grid, block, 0, stream_>>>(static_cast<const T*>(dy.ptr), rows, cols,
+                                                  per_chunk, direct ? out : partial, direct,
+                                                  accumulate);
+    MIXTRAIN_CUDA_LAUNCH_CHECK("bias_grad_kernel");
+    if (!direct) {
+      bias_grad_combine_kernel<<<grid_for(cols, kThreads), kThreads, 0, stream_>>>(
+          partial, chunks, cols, out, accumulate);
+      MIXTRAIN_CUDA_LAUNCH_CHECK("bias_grad_combine_kernel");
+    }
+  });
+}
+
+}  // namespace mixtrain::cuda
