@@ -266,31 +266,57 @@ TEST_F(Cli, BenchWritesEveryFigureToJson) {
   EXPECT_GT(j["gemm_only"][0].at("fp32_step_over_gemm").get<double>(), 0.0);
 }
 
+// The description of `flag` in CLI11's help: the option column is 30 characters wide, and the
+// description follows on the same line, or on the next when the option text is longer.
+std::string description_of(const std::string& help, const std::string& flag) {
+  constexpr std::size_t kColumn = 30;
+  const auto lines = lines_of(help);
+  for (std::size_t i = 0; i < lines.size(); ++i) {
+    const std::string& l = lines[i];
+    const std::size_t at = l.find(flag);
+    const bool named =
+        (at == 2 || (at == 5 && l[4] == ',')) && l.rfind("  ", 0) == 0 &&
+        (l.size() == at + flag.size() || l[at + flag.size()] == ' ' || l[at + flag.size()] == '=');
+    if (!named) continue;
+    if (l.size() > kColumn && l[kColumn - 1] == ' ') return l.substr(kColumn);
+    if (i + 1 < lines.size() && lines[i + 1].rfind(std::string(kColumn, ' '), 0) == 0) {
+      return lines[i + 1].substr(kColumn);
+    }
+    return "";
+  }
+  return "";
+}
+
 TEST_F(Cli, EverySubcommandExplainsItsFlags) {
   const std::vector<std::pair<std::string, std::vector<std::string>>> expected = {
-      {"train", {"--dataset",
-                 "--data-dir",
-                 "--label-column",
-                 "--model",
-                 "--precision",
-                 "--optimizer",
-                 "--lr",
-                 "--epochs",
-                 "--batch-size",
-                 "--seed",
-                 "--device",
-                 "--loss-scale",
-                 "--initial-scale",
-                 "--growth-interval",
-                 "--clip-grad-norm",
-                 "--save-weights",
-                 "--save-spec",
-                 "--history",
-                 "--quiet",
-                 "=65536",
-                 "=2000"}},
-      {"compare", {"--dataset", "--model", "--epochs", "--seed", "--precisions", "fp32,fp16,bf16"}},
-      {"eval", {"--model", "--weights", "--dataset", "REQUIRED"}},
+      {"train",
+       {"--dataset",
+        "--data-dir",
+        "--label-column",
+        "--test-fraction",
+        "--normalize",
+        "--model",
+        "--precision",
+        "--optimizer",
+        "--lr",
+        "--weight-decay",
+        "--epochs",
+        "--batch-size",
+        "--seed",
+        "--device",
+        "--loss-scale",
+        "--initial-scale",
+        "--growth-interval",
+        "--clip-grad-norm",
+        "--save-weights",
+        "--save-spec",
+        "--history",
+        "--progress-every",
+        "--quiet"}},
+      {"compare",
+       {"--dataset", "--model", "--epochs", "--seed", "--precisions", "--batch-size", "--lr",
+        "--device", "--quiet"}},
+      {"eval", {"--model", "--weights", "--dataset", "--batch-size", "--precision", "--device"}},
       {"bench",
        {"--device", "--workloads", "--precisions", "--steps", "--warmup", "--windows", "--json",
         "--gemm-only"}},
@@ -299,13 +325,22 @@ TEST_F(Cli, EverySubcommandExplainsItsFlags) {
     const CliRun r = run(command + " --help");
     EXPECT_EQ(r.code, 0) << command;
     for (const std::string& f : flags) {
-      EXPECT_NE(r.out.find(f), std::string::npos) << command << " --help lacks " << f;
+      EXPECT_GT(description_of(r.out, f).size(), 10u) << command << " --help lacks " << f;
     }
   }
+  // Defaults are shown.
+  const std::string train = run("train --help").out;
+  for (const char* d : {"--initial-scale FLOAT=65536", "--growth-interval INT=2000",
+                        "--precision TEXT:fp32|tf32|fp16|bf16=fp32", "--epochs INT:POSITIVE=5"}) {
+    EXPECT_NE(train.find(d), std::string::npos) << d;
+  }
+  EXPECT_NE(run("compare --help").out.find("=[fp32,fp16,bf16]"), std::string::npos);
+  EXPECT_NE(run("eval --help").out.find("REQUIRED"), std::string::npos);
   const CliRun top = run("--help");
   EXPECT_EQ(top.code, 0);
   for (const char* c : {"train", "compare", "eval", "bench"}) {
-    EXPECT_NE(top.out.find(c), std::string::npos) << c;
+    EXPECT_TRUE(std::regex_search(top.out, std::regex(std::string("\\n  ") + c + " +\\S")))
+        << c << top.out;
   }
 }
 
