@@ -201,6 +201,7 @@ int run_bench(const BenchOptions& o) {
       const Inputs in = make_inputs(model);
       const std::size_t first = rows.size();
       for (Precision p : precisions) {
+        std::fflush(stdout);
         std::fprintf(stderr, "running %s %s...\n", w->name, std::string(precision_name(p)).c_str());
         rows.push_back(bench_one(model, in, w->name, p, device, o));
       }
@@ -215,6 +216,7 @@ int run_bench(const BenchOptions& o) {
       }
     }
     if (gemm_rows) {
+      std::fflush(stdout);
       std::fprintf(stderr, "running %s gemm-only...\n", w->name);
       GemmRow g;
       g.workload = w->name;

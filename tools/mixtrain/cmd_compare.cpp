@@ -107,7 +107,8 @@ Command add_compare_command(CLI::App& parent) {
   app->add_option("--batch-size", o->batch_size, "samples per training step")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  app->add_flag("--quiet,-q", o->quiet, "print only the table (no progress or epoch lines)");
+  app->add_flag("--quiet,-q", o->quiet,
+                "no progress or per-epoch lines: the configuration lines and the table only");
   app->footer(
       "Example:\n"
       "  mixtrain compare --dataset fashion-mnist --model mlp --epochs 3 --seed 1 "
