@@ -14,6 +14,8 @@ enum class DType : std::uint8_t {
   F16,   // IEEE binary16: 10-bit mantissa, max 65504, overflows to inf
   BF16,  // bfloat16: 7-bit mantissa, fp32's exponent range
   I32,   // integer labels and token ids
+  F64,   // IEEE binary64: CPU backend only, the float64 oracle of the gradient tests (not a
+         // training precision)
 };
 
 constexpr std::size_t dtype_size(DType t) {
@@ -24,6 +26,8 @@ constexpr std::size_t dtype_size(DType t) {
     case DType::F16:
     case DType::BF16:
       return 2;
+    case DType::F64:
+      return 8;
   }
   return 0;
 }
@@ -38,6 +42,8 @@ constexpr std::string_view dtype_name(DType t) {
       return "bf16";
     case DType::I32:
       return "i32";
+    case DType::F64:
+      return "f64";
   }
   return "?";
 }
@@ -54,6 +60,8 @@ constexpr double dtype_epsilon(DType t) {
       return 7.8125e-03;  // 2^-7
     case DType::I32:
       return 1.0;
+    case DType::F64:
+      return 2.220446049250313080847263336181640625e-16;  // 2^-52
   }
   return 1.0;
 }

@@ -72,7 +72,8 @@ inline std::uint16_t float_to_bf16(float f) {
 }
 
 // Element access used by kernels templated on the storage type: load converts to float, store
-// rounds from float.
+// rounds from float. double (DType::F64, the CPU backend's float64 reference) loads and stores
+// double.
 template <typename T>
 struct Elem;
 
@@ -91,13 +92,20 @@ struct Elem<bf16> {
   static float load(bf16 v) { return bf16_to_float(v.bits); }
   static bf16 store(float v) { return bf16{float_to_bf16(v)}; }
 };
+template <>
+struct Elem<double> {
+  static double load(double v) { return v; }
+  static double store(double v) { return v; }
+};
 
+// float for float, f16 and bf16; double for double.
 template <typename T>
-inline float load(const T& v) {
+inline auto load(const T& v) {
   return Elem<T>::load(v);
 }
-template <typename T>
-inline T store(float v) {
+// Rounds v to T. A double v stored to f16 or bf16 passes through float first.
+template <typename T, typename V>
+inline T store(V v) {
   return Elem<T>::store(v);
 }
 

@@ -40,7 +40,7 @@ void Dense::forward(const ForwardArgs& a) const {
 void Dense::backward(const BackwardArgs& a) const {
   const std::int64_t in = in_shape().back();
   const std::int64_t m = rows(a.batch);
-  GemmDesc dw;  // dW = dy^T x, fp32 from compute-dtype operands
+  GemmDesc dw;  // dW = dy^T x, fp32 (grad_param_dtype) from compute-dtype operands
   dw.trans_a = true;
   dw.m = units_;
   dw.n = in;
@@ -49,11 +49,13 @@ void Dense::backward(const BackwardArgs& a) const {
   dw.lda = units_;
   dw.b = a.inputs[0];
   dw.ldb = in;
-  dw.c = Buf{a.grad_params[0], DType::F32};
+  dw.c = Buf{a.grad_params[0], a.grad_param_dtype};
   dw.ldc = in;
   dw.allow_tf32 = a.allow_tf32;
   a.backend.gemm(dw);
-  if (bias_) a.backend.bias_grad(a.grad_output, a.grad_params[1], m, units_, false);
+  if (bias_) {
+    a.backend.bias_grad(a.grad_output, Buf{a.grad_params[1], a.grad_param_dtype}, m, units_, false);
+  }
   if (a.grad_inputs[0]) {
     GemmDesc dx;  // dx = dy W
     dx.m = m;

@@ -50,8 +50,10 @@ struct BackwardArgs {
   std::vector<Buf> grad_inputs;         // null where no gradient is needed
   std::vector<bool> accumulate_inputs;  // add into grad_inputs[i] instead of overwriting
   std::vector<CBuf> params;
-  std::vector<float*> grad_params;  // fp32, overwritten
+  std::vector<void*> grad_params;  // of grad_param_dtype, overwritten
   bool allow_tf32;
+  // F32 in training; F64 when the float64 gradient tests run a layer on the CPU backend.
+  DType grad_param_dtype = DType::F32;
 };
 
 class Layer {

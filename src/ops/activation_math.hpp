@@ -1,38 +1,84 @@
-// Activation functions and their derivatives in fp32, shared by the CPU backend and CUDA kernels.
+// Activation functions and their derivatives, shared by the CPU backend and CUDA kernels.
+//
+// Templated on the real type R: float is the arithmetic of every training dtype (f32, f16 and
+// bf16 all compute in fp32, with expf, tanhf, erff...); double serves the CPU backend's F64
+// reference dtype, against which the gradient tests take finite differences. The float
+// instantiation is the same arithmetic, constant for constant, as before the templating.
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include "core/hd.hpp"
 #include "ops/backend_types.hpp"
 
 namespace mixtrain {
 
-MIXTRAIN_HD float sigmoidf_(float x) {
-  return 1.0f / (1.0f + expf(-x));
+// Math functions by overload: the f-suffixed single-precision functions for float, the double
+// ones for double; both exist in CUDA device code.
+MIXTRAIN_HD float math_exp(float x) {
+  return expf(x);
+}
+MIXTRAIN_HD double math_exp(double x) {
+  return exp(x);
+}
+MIXTRAIN_HD float math_expm1(float x) {
+  return expm1f(x);
+}
+MIXTRAIN_HD double math_expm1(double x) {
+  return expm1(x);
+}
+MIXTRAIN_HD float math_tanh(float x) {
+  return tanhf(x);
+}
+MIXTRAIN_HD double math_tanh(double x) {
+  return tanh(x);
+}
+MIXTRAIN_HD float math_erf(float x) {
+  return erff(x);
+}
+MIXTRAIN_HD double math_erf(double x) {
+  return erf(x);
 }
 
-MIXTRAIN_HD float activation_value(Activation act, float alpha, float x) {
+// The constants below are written in double; each rounds to exactly the float literal the fp32
+// code has always used (checked here), so R(constant) changes nothing for float.
+static_assert(static_cast<float>(0.70710678118654752440) == 0.70710678118654752f);
+static_assert(static_cast<float>(0.39894228040143267794) == 0.3989422804014327f);
+static_assert(static_cast<float>(0.79788456080286535588) == 0.7978845608028654f);
+static_assert(static_cast<float>(0.044715) == 0.044715f);
+
+template <typename R>
+MIXTRAIN_HD R sigmoid_(R x) {
+  return R(1) / (R(1) + math_exp(-x));
+}
+MIXTRAIN_HD float sigmoidf_(float x) {
+  return sigmoid_(x);
+}
+
+template <typename R>
+MIXTRAIN_HD R activation_value(Activation act, float alpha, R x) {
+  const R a = static_cast<R>(alpha);
   switch (act) {
     case Activation::Identity:
       return x;
     case Activation::ReLU:
-      return x > 0.0f ? x : 0.0f;
+      return x > R(0) ? x : R(0);
     case Activation::LeakyReLU:
-      return x > 0.0f ? x : alpha * x;
+      return x > R(0) ? x : a * x;
     case Activation::ELU:
-      return x > 0.0f ? x : alpha * expm1f(x);
+      return x > R(0) ? x : a * math_expm1(x);
     case Activation::Sigmoid:
-      return sigmoidf_(x);
+      return sigmoid_(x);
     case Activation::Tanh:
-      return tanhf(x);
+      return math_tanh(x);
     case Activation::Swish:
-      return x * sigmoidf_(x);
+      return x * sigmoid_(x);
     case Activation::GELU:
-      return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+      return R(0.5) * x * (R(1) + math_erf(x * R(0.70710678118654752440)));
     case Activation::GELUTanh: {
-      const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-      return 0.5f * x * (1.0f + tanhf(u));
+      const R u = R(0.79788456080286535588) * (x + R(0.044715) * x * x * x);
+      return R(0.5) * x * (R(1) + math_tanh(u));
     }
   }
   return x;
@@ -40,42 +86,45 @@ MIXTRAIN_HD float activation_value(Activation act, float alpha, float x) {
 
 // d act(x) / dx. y = act(x) is passed for the activations whose derivative is cheaper from it;
 // it is the stored (possibly rounded) forward output.
-MIXTRAIN_HD float activation_derivative(Activation act, float alpha, float x, float y) {
+template <typename R>
+MIXTRAIN_HD R activation_derivative(Activation act, float alpha, R x, std::type_identity_t<R> y) {
+  const R a = static_cast<R>(alpha);
   switch (act) {
     case Activation::Identity:
-      return 1.0f;
+      return R(1);
     case Activation::ReLU:
-      return x > 0.0f ? 1.0f : 0.0f;
+      return x > R(0) ? R(1) : R(0);
     case Activation::LeakyReLU:
-      return x > 0.0f ? 1.0f : alpha;
+      return x > R(0) ? R(1) : a;
     case Activation::ELU:
-      return x > 0.0f ? 1.0f : alpha * expf(x);
+      return x > R(0) ? R(1) : a * math_exp(x);
     case Activation::Sigmoid: {
-      const float s = sigmoidf_(x);
-      return s * (1.0f - s);
+      const R s = sigmoid_(x);
+      return s * (R(1) - s);
     }
     case Activation::Tanh: {
-      const float t = tanhf(x);
-      return 1.0f - t * t;
+      const R t = math_tanh(x);
+      return R(1) - t * t;
     }
     case Activation::Swish: {
-      const float s = sigmoidf_(x);
-      return s + x * s * (1.0f - s);
+      const R s = sigmoid_(x);
+      return s + x * s * (R(1) - s);
     }
     case Activation::GELU: {
-      const float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
-      const float pdf = 0.3989422804014327f * expf(-0.5f * x * x);
+      const R cdf = R(0.5) * (R(1) + math_erf(x * R(0.70710678118654752440)));
+      const R pdf = R(0.39894228040143267794) * math_exp(R(-0.5) * x * x);
       return cdf + x * pdf;
     }
     case Activation::GELUTanh: {
-      const float k = 0.7978845608028654f;
-      const float u = k * (x + 0.044715f * x * x * x);
-      const float t = tanhf(u);
-      return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * x * x);
+      const R k = R(0.79788456080286535588);
+      const R u = k * (x + R(0.044715) * x * x * x);
+      const R t = math_tanh(u);
+      return R(0.5) * (R(1) + t) +
+             R(0.5) * x * (R(1) - t * t) * k * (R(1) + R(3) * R(0.044715) * x * x);
     }
   }
   (void)y;
-  return 1.0f;
+  return R(1);
 }
 
 }  // namespace mixtrain

@@ -115,8 +115,9 @@ class Backend {
 
   // Products and reductions.
   virtual void gemm(const GemmDesc& desc) = 0;
-  // db[cols] (+)= sum over rows of dy[rows, cols]; db is fp32.
-  virtual void bias_grad(CBuf dy, float* db, std::int64_t rows, std::int64_t cols,
+  // db[cols] (+)= sum over rows of dy[rows, cols], summed in fp32; db is F32 (the CPU backend
+  // also takes F64 with an F64 dy, summed in double: the float64 gradient tests).
+  virtual void bias_grad(CBuf dy, Buf db, std::int64_t rows, std::int64_t cols,
                          bool accumulate) = 0;
 
   // Loss forward (and backward when desc.dpred is set).

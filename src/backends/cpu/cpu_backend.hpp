@@ -41,10 +41,13 @@ class CpuBackend final : public Backend {
                         bool accumulate) override;
 
   void gemm(const GemmDesc& desc) override;
-  void bias_grad(CBuf dy, float* db, std::int64_t rows, std::int64_t cols,
-                 bool accumulate) override;
+  void bias_grad(CBuf dy, Buf db, std::int64_t rows, std::int64_t cols, bool accumulate) override;
 
   void loss(const LossDesc& desc) override;
+  // The mean loss of the last loss() call in double, before its rounding to *desc.loss (float).
+  // With an F64 pred it is computed in double throughout: the float64 finite-difference tests
+  // differentiate it.
+  double last_loss() const { return last_loss_; }
 
   void unscale_and_check(float* grad, std::int64_t count, StepControl* control) override;
   void optimizer_step(const OptimizerDesc& desc) override;
@@ -55,6 +58,7 @@ class CpuBackend final : public Backend {
   // Grow-only fp32 staging for widened GEMM operands; sized on first use and then reused.
   std::vector<float>& scratch(int slot, std::size_t count);
   std::vector<float> scratch_[3];
+  double last_loss_ = 0.0;
   std::size_t in_use_ = 0;
   std::size_t peak_ = 0;
 };

@@ -1,6 +1,8 @@
 // Calls f with a value of the storage type matching a runtime dtype.
 #pragma once
 
+#include <type_traits>
+
 #include "core/half.hpp"
 #include "mixtrain/dtype.hpp"
 #include "mixtrain/error.hpp"
@@ -16,11 +18,18 @@ decltype(auto) dispatch_float(DType t, F&& f) {
       return f(f16{});
     case DType::BF16:
       return f(bf16{});
+    case DType::F64:
+      return f(double{});
     case DType::I32:
       break;
   }
   throw Error("internal: a floating dtype was expected, got i32");
 }
+
+// The arithmetic type of a kernel for storage type T: fp32 for f32, f16 and bf16 (the backend's
+// rule), double for the F64 reference dtype.
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 template <typename T>
 T* as(void* p) {

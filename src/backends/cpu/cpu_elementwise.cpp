@@ -10,8 +10,9 @@ namespace mixtrain::cpu {
 
 namespace {
 
+// Kernels compute in acc_t<T>: fp32 for the training dtypes, double for F64.
 template <typename T>
-void write(T* out, std::int64_t i, float v, bool accumulate) {
+void write(T* out, std::int64_t i, acc_t<T> v, bool accumulate) {
   out[i] = store<T>(accumulate ? load(out[i]) + v : v);
 }
 
@@ -79,13 +80,14 @@ void CpuBackend::activation_backward(Activation act, float alpha, CBuf x, CBuf y
   require_same(x.dtype, dx.dtype, "activation_backward");
   dispatch_float(dx.dtype, [&](auto t) {
     using T = decltype(t);
+    using A = acc_t<T>;
     const T* px = as<T>(x.ptr);
     const T* py = as<T>(y.ptr);
     const T* pdy = as<T>(dy.ptr);
     T* pdx = as<T>(dx.ptr);
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (std::int64_t i = 0; i < n; ++i) {
-      const float yv = py != nullptr ? load(py[i]) : 0.0f;
+      const A yv = py != nullptr ? load(py[i]) : A(0);
       write(pdx, i, load(pdy[i]) * activation_derivative(act, alpha, load(px[i]), yv), accumulate);
     }
   });
@@ -94,18 +96,19 @@ void CpuBackend::activation_backward(Activation act, float alpha, CBuf x, CBuf y
 void CpuBackend::dropout_forward(float rate, std::uint64_t salt, CBuf x, Buf y, std::int64_t n,
                                  const StepControl* control) {
   require_same(x.dtype, y.dtype, "dropout_forward");
-  const float keep_scale = 1.0f / (1.0f - rate);
   const std::uint64_t seed = control->seed;
   const std::int32_t iteration = control->iteration;
   dispatch_float(y.dtype, [&](auto t) {
     using T = decltype(t);
+    using A = acc_t<T>;
+    const A keep_scale = A(1) / (A(1) - A(rate));
     const T* px = as<T>(x.ptr);
     T* py = as<T>(y.ptr);
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (std::int64_t i = 0; i < n; ++i) {
       const bool keep =
           counter_uniform(seed, iteration, salt, static_cast<std::uint64_t>(i)) >= rate;
-      py[i] = store<T>(keep ? load(px[i]) * keep_scale : 0.0f);
+      py[i] = store<T>(keep ? load(px[i]) * keep_scale : A(0));
     }
   });
 }
@@ -113,18 +116,19 @@ void CpuBackend::dropout_forward(float rate, std::uint64_t salt, CBuf x, Buf y, 
 void CpuBackend::dropout_backward(float rate, std::uint64_t salt, CBuf dy, Buf dx, std::int64_t n,
                                   const StepControl* control, bool accumulate) {
   require_same(dy.dtype, dx.dtype, "dropout_backward");
-  const float keep_scale = 1.0f / (1.0f - rate);
   const std::uint64_t seed = control->seed;
   const std::int32_t iteration = control->iteration;
   dispatch_float(dx.dtype, [&](auto t) {
     using T = decltype(t);
+    using A = acc_t<T>;
+    const A keep_scale = A(1) / (A(1) - A(rate));
     const T* pdy = as<T>(dy.ptr);
     T* pdx = as<T>(dx.ptr);
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (std::int64_t i = 0; i < n; ++i) {
       const bool keep =
           counter_uniform(seed, iteration, salt, static_cast<std::uint64_t>(i)) >= rate;
-      write(pdx, i, keep ? load(pdy[i]) * keep_scale : 0.0f, accumulate);
+      write(pdx, i, keep ? load(pdy[i]) * keep_scale : A(0), accumulate);
     }
   });
 }
@@ -133,17 +137,18 @@ void CpuBackend::softmax_forward(CBuf x, Buf y, std::int64_t rows, std::int64_t 
   require_same(x.dtype, y.dtype, "softmax_forward");
   dispatch_float(y.dtype, [&](auto t) {
     using T = decltype(t);
+    using A = acc_t<T>;
     const T* px = as<T>(x.ptr);
     T* py = as<T>(y.ptr);
 #pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
     for (std::int64_t r = 0; r < rows; ++r) {
       const T* in = px + r * cols;
       T* out = py + r * cols;
-      float mx = -INFINITY;
+      A mx = -INFINITY;
       for (std::int64_t c = 0; c < cols; ++c) mx = std::max(mx, load(in[c]));
-      float sum = 0.0f;
+      A sum = 0;
       for (std::int64_t c = 0; c < cols; ++c) sum += std::exp(load(in[c]) - mx);
-      const float inv = 1.0f / sum;
+      const A inv = A(1) / sum;
       for (std::int64_t c = 0; c < cols; ++c) out[c] = store<T>(std::exp(load(in[c]) - mx) * inv);
     }
   });
@@ -155,13 +160,14 @@ void CpuBackend::softmax_backward(CBuf y, CBuf dy, Buf dx, std::int64_t rows, st
   require_same(y.dtype, dx.dtype, "softmax_backward");
   dispatch_float(dx.dtype, [&](auto t) {
     using T = decltype(t);
+    using A = acc_t<T>;
     const T* py = as<T>(y.ptr);
     const T* pdy = as<T>(dy.ptr);
     T* pdx = as<T>(dx.ptr);
 #pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
     for (std::int64_t r = 0; r < rows; ++r) {
       const std::int64_t o = r * cols;
-      float dot = 0.0f;
+      A dot = 0;
       for (std::int64_t c = 0; c < cols; ++c) dot += load(py[o + c]) * load(pdy[o + c]);
       for (std::int64_t c = 0; c < cols; ++c) {
         write(pdx, o + c, load(py[o + c]) * (load(pdy[o + c]) - dot), accumulate);

@@ -1,5 +1,6 @@
 #include <cblas.h>
 
+#include <algorithm>
 #include <string>
 
 #include "backends/cpu/cpu_backend.hpp"
@@ -21,12 +22,61 @@ void widen_matrix(CBuf src, std::int64_t offset, std::int64_t rows, std::int64_t
   });
 }
 
+// The F64 reference: a, b, c (and the bias) all f64, one cblas_dgemm per batch entry.
+void gemm_f64(const GemmDesc& d) {
+  if (d.a.dtype != DType::F64 || d.c.dtype != DType::F64 ||
+      (d.bias && d.bias.dtype != DType::F64)) {
+    throw Error("internal: an f64 gemm needs f64 operands, output and bias, got " +
+                std::string(dtype_name(d.a.dtype)) + " operands and " +
+                std::string(dtype_name(d.c.dtype)) + " output");
+  }
+  const auto ta = d.trans_a ? CblasTrans : CblasNoTrans;
+  const auto tb = d.trans_b ? CblasTrans : CblasNoTrans;
+  for (std::int64_t batch = 0; batch < d.batch; ++batch) {
+    const double* pa = as<double>(d.a.ptr) + batch * d.stride_a;
+    const double* pb = as<double>(d.b.ptr) + batch * d.stride_b;
+    double* pc = as<double>(d.c.ptr) + batch * d.stride_c;
+    double beta = d.beta;
+    if (d.bias) {  // seed C with the bias, then accumulate the product onto it
+      const double* bias = as<double>(d.bias.ptr);
+      for (std::int64_t r = 0; r < d.m; ++r) std::copy_n(bias, d.n, pc + r * d.ldc);
+      beta = 1.0;
+    }
+    cblas_dgemm(CblasRowMajor, ta, tb, static_cast<int>(d.m), static_cast<int>(d.n),
+                static_cast<int>(d.k), d.alpha, pa, static_cast<int>(d.lda), pb,
+                static_cast<int>(d.ldb), beta, pc, static_cast<int>(d.ldc));
+  }
+}
+
+template <typename T, typename O>
+void bias_grad_impl(const T* g, O* db, std::int64_t rows, std::int64_t cols, bool accumulate) {
+  using A = acc_t<T>;
+  // Column blocks in parallel; each column sums its rows in order (deterministic).
+  constexpr std::int64_t kBlock = 64;
+  const std::int64_t blocks = (cols + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    const std::int64_t c0 = b * kBlock, c1 = std::min(cols, c0 + kBlock);
+    A acc[kBlock] = {};
+    for (std::int64_t r = 0; r < rows; ++r) {
+      for (std::int64_t c = c0; c < c1; ++c) acc[c - c0] += load(g[r * cols + c]);
+    }
+    for (std::int64_t c = c0; c < c1; ++c) {
+      db[c] = accumulate ? static_cast<O>(db[c] + acc[c - c0]) : static_cast<O>(acc[c - c0]);
+    }
+  }
+}
+
 }  // namespace
 
 void CpuBackend::gemm(const GemmDesc& d) {
   if (d.a.dtype != d.b.dtype) {
     throw Error("internal: gemm operands differ in dtype (" + std::string(dtype_name(d.a.dtype)) +
                 " and " + std::string(dtype_name(d.b.dtype)) + ")");
+  }
+  if (d.a.dtype == DType::F64 || d.c.dtype == DType::F64) {
+    gemm_f64(d);
+    return;
   }
   const std::int64_t a_rows = d.trans_a ? d.k : d.m, a_cols = d.trans_a ? d.m : d.k;
   const std::int64_t b_rows = d.trans_b ? d.n : d.k, b_cols = d.trans_b ? d.k : d.n;
@@ -101,22 +151,20 @@ void CpuBackend::gemm(const GemmDesc& d) {
   }
 }
 
-void CpuBackend::bias_grad(CBuf dy, float* db, std::int64_t rows, std::int64_t cols,
-                           bool accumulate) {
+void CpuBackend::bias_grad(CBuf dy, Buf db, std::int64_t rows, std::int64_t cols, bool accumulate) {
   dispatch_float(dy.dtype, [&](auto t) {
     using T = decltype(t);
     const T* g = as<T>(dy.ptr);
-    // Column blocks in parallel; each column sums its rows in order (deterministic).
-    constexpr std::int64_t kBlock = 64;
-    const std::int64_t blocks = (cols + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static)
-    for (std::int64_t b = 0; b < blocks; ++b) {
-      const std::int64_t c0 = b * kBlock, c1 = std::min(cols, c0 + kBlock);
-      float acc[kBlock] = {};
-      for (std::int64_t r = 0; r < rows; ++r) {
-        for (std::int64_t c = c0; c < c1; ++c) acc[c - c0] += load(g[r * cols + c]);
-      }
-      for (std::int64_t c = c0; c < c1; ++c) db[c] = accumulate ? db[c] + acc[c - c0] : acc[c - c0];
+    switch (db.dtype) {
+      case DType::F32:
+        bias_grad_impl(g, as<float>(db.ptr), rows, cols, accumulate);
+        return;
+      case DType::F64:
+        bias_grad_impl(g, as<double>(db.ptr), rows, cols, accumulate);
+        return;
+      default:
+        throw Error("internal: bias_grad writes f32 or f64, not " +
+                    std::string(dtype_name(db.dtype)));
     }
   });
 }

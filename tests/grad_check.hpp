@@ -1,0 +1,267 @@
+// Float64 finite-difference gradient checks on the CPU backend's F64 dtype: the project's rule
+// that every op's gradient is checked against float64 finite differences.
+//
+// Method. A layer (or a graph, or a loss) is run on F64 buffers. For a layer, the scalar
+// objective is L = sum_i w_i y_i with fixed random weights w, so dL/dy = w: backward() runs with
+// grad_output = w and its input and parameter gradients are compared, coordinate by coordinate,
+// with a fourth-order central difference of L:
+//
+//   g_j ~ (8 (D(h) - D(-h)) - (D(2h) - D(-2h))) / (12 h),  D(d) = L(theta + d e_j) - L(theta).
+//
+// Error budget (why h = 2^-11 and a relative tolerance of 1e-8 hold with a wide margin):
+// - Truncation: h^4 / 30 * |f^(5)| ~ 2e-15 * |f^(5)|. Inputs are O(1) and kept more than 2h
+//   away from kinks (ReLU at 0, MAE at p = t, Huber at |p - t| = delta) and clamps
+//   (probabilities in [0.25, 0.75]); the largest fifth derivative is the BCE's,
+//   24 / p^5 ~ 2.5e4 at p = 0.25, hence ~5e-11 at worst.
+// - Rounding: for a layer, D is summed as sum_i w_i (y_i(theta + d e_j) - y_i(theta)). Outputs
+//   that do not depend on theta_j are bit-identical in both runs and contribute exactly 0, so D
+//   carries only the rounding of the few outputs that move, about eps * |y| each
+//   (eps = 2^-52), amplified by 18 / (12 h) ~ 3e3: ~1e-12. For a loss (a graph), D is a
+//   difference of two mean losses, each rounded to ~eps * |L|: again ~1e-12 absolute.
+// - The perturbed values theta_j + k h are exact: every drawn value is a multiple of 2^-30 with
+//   magnitude below 2^20, and h is a power of two.
+// A coordinate passes when |g - fd| <= kRelTol * max(|g|, |fd|, kFloor). The floor (1e-3) keeps
+// gradients that are zero or nearly so (dropped dropout elements, saturated sigmoids) from being
+// judged relative to themselves. Observed worst scaled errors: 2e-11 for the layers, 5e-11 for
+// the losses, 2e-10 for the residual graph: 1e-8 leaves a margin of 50 or more, and still
+// catches an op that slips into fp32 (errors ~6e-8 relative). A plain second-order difference
+// with the usual h ~ 1e-6 has errors near 1e-10 relative with a heavier tail and would need a
+// ~1e-6 tolerance, which would not.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "backends/cpu/cpu_backend.hpp"
+#include "graph/graph.hpp"
+#include "layers/layer.hpp"
+#include "mixtrain/model.hpp"
+
+namespace mixtrain::gradcheck {
+
+using Vec = std::vector<double>;
+
+inline constexpr double kStep = 0.00048828125;  // 2^-11
+inline constexpr double kRelTol = 1e-8;
+inline constexpr double kFloor = 1e-3;
+
+// Fourth-order central difference of f'(0), where f(0) is taken as 0 (D above).
+template <typename F>
+double central_difference(F&& f, double h = kStep) {
+  const double d1 = f(h) - f(-h);
+  const double d2 = f(2 * h) - f(-2 * h);
+  return (8 * d1 - d2) / (12 * h);
+}
+
+// Draws values on the 2^-30 grid (so that x + k h is exact).
+class Draw {
+ public:
+  explicit Draw(std::uint64_t seed) : rng_(seed) {}
+  double uniform(double lo, double hi) {
+    const double u = std::uniform_real_distribution<double>(lo, hi)(rng_);
+    return std::ldexp(std::round(std::ldexp(u, 30)), -30);
+  }
+  // |x| in [lo, hi] with a random sign: clear of a kink at 0.
+  double away_from_zero(double lo, double hi) {
+    const double m = uniform(lo, hi);
+    return (rng_() & 1) != 0 ? m : -m;
+  }
+  Vec vec(std::size_t n, const std::function<double(Draw&)>& f) {
+    Vec v(n);
+    for (double& x : v) x = f(*this);
+    return v;
+  }
+  std::uint64_t bits() { return rng_(); }
+
+ private:
+  std::mt19937_64 rng_;
+};
+
+// Compares an analytic gradient with a numeric one; returns the largest scaled error
+// |g - fd| / max(|g|, |fd|, floor) and adds a failure for each coordinate above rtol (the first
+// few are listed).
+inline double expect_gradient_near(const std::string& what, const Vec& analytic, const Vec& numeric,
+                                   double rtol = kRelTol, double floor = kFloor) {
+  EXPECT_EQ(analytic.size(), numeric.size()) << what;
+  double worst = 0.0;
+  int reported = 0;
+  for (std::size_t j = 0; j < std::min(analytic.size(), numeric.size()); ++j) {
+    const double g = analytic[j], fd = numeric[j];
+    const double scale = std::max({std::fabs(g), std::fabs(fd), floor});
+    const double err = std::fabs(g - fd) / scale;
+    if (!(err <= rtol)) {  // also catches nan
+      if (reported++ < 5) {
+        ADD_FAILURE() << what << "[" << j << "]: analytic " << g << ", finite difference " << fd
+                      << ", scaled error " << err << " > " << rtol;
+      }
+    }
+    worst = std::isnan(err) ? err : std::max(worst, err);
+  }
+  return worst;
+}
+
+inline CBuf cbuf(const Vec& v) {
+  return CBuf(v.data(), DType::F64);
+}
+inline Buf buf(Vec& v) {
+  return Buf{v.data(), DType::F64};
+}
+
+// A quiet nan: what the gradient buffers hold before a backward that should overwrite them.
+inline constexpr double kPoison = std::numeric_limits<double>::quiet_NaN();
+
+// One layer built by make_layer, with F64 inputs, parameters and objective weights.
+class LayerRun {
+ public:
+  struct Grads {
+    std::vector<Vec> inputs;
+    std::vector<Vec> params;
+  };
+
+  LayerRun(const std::string& type, const nlohmann::json& attrs, std::vector<Shape> in_shapes,
+           std::int64_t batch, std::uint64_t seed, const std::function<double(Draw&)>& input_value)
+      : layer_(make_layer("under_test", type, attrs, 0x5EED0000ull + seed)),
+        batch_(batch),
+        draw_(seed) {
+    const Shape out = layer_->output_shape(in_shapes);
+    decls_ = layer_->params(in_shapes);
+    for (const Shape& s : in_shapes) {
+      inputs.push_back(draw_.vec(static_cast<std::size_t>(batch * numel(s)), input_value));
+    }
+    for (const ParamDecl& p : decls_) {
+      params.push_back(draw_.vec(static_cast<std::size_t>(numel(p.shape)),
+                                 [](Draw& d) { return d.uniform(-1.0, 1.0); }));
+    }
+    out_count_ = static_cast<std::size_t>(batch * numel(out));
+    weights = draw_.vec(out_count_, [](Draw& d) { return d.uniform(-1.0, 1.0); });
+    layer_->bind_shapes(std::move(in_shapes), out);
+    control_.loss_scale = 1.0f;
+    control_.inv_scale = 1.0f;
+    control_.seed = 0x0123456789ABCDEFull;
+    control_.iteration = 7;
+  }
+
+  const Layer& layer() const { return *layer_; }
+  Draw& draw() { return draw_; }
+
+  Vec forward() {
+    Vec y(out_count_, kPoison);
+    ForwardArgs a{backend_, &control_, true, batch_, {}, buf(y), {}, false};
+    for (const Vec& x : inputs) a.inputs.push_back(cbuf(x));
+    for (const Vec& p : params) a.params.push_back(cbuf(p));
+    layer_->forward(a);
+    return y;
+  }
+
+  // Backward with grad_output = weights. With `onto`, input gradients are accumulated onto
+  // copies of it; otherwise they overwrite buffers that hold nan.
+  Grads backward(const std::vector<Vec>* onto = nullptr) {
+    const Vec y = forward();
+    Grads g;
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      g.inputs.push_back(onto != nullptr ? (*onto)[i] : Vec(inputs[i].size(), kPoison));
+    }
+    for (const Vec& p : params) g.params.emplace_back(p.size(), kPoison);
+    BackwardArgs a{backend_, &control_, batch_, {}, cbuf(y), cbuf(weights), {}, {}, {}, {}, false};
+    a.grad_param_dtype = DType::F64;
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      a.inputs.push_back(cbuf(inputs[i]));
+      a.grad_inputs.push_back(buf(g.inputs[i]));
+      a.accumulate_inputs.push_back(onto != nullptr);
+    }
+    for (std::size_t k = 0; k < params.size(); ++k) {
+      a.params.push_back(cbuf(params[k]));
+      a.grad_params.push_back(g.params[k].data());
+    }
+    layer_->backward(a);
+    return g;
+  }
+
+  // The same gradients by finite differences of the objective.
+  Grads numeric() {
+    const Vec y0 = forward();
+    auto objective_delta = [&](Vec& tensor, std::size_t j) {
+      return [&, j](double d) {
+        const double keep = tensor[j];
+        tensor[j] = keep + d;
+        const Vec y = forward();
+        tensor[j] = keep;
+        double sum = 0.0;
+        for (std::size_t i = 0; i < y.size(); ++i) sum += weights[i] * (y[i] - y0[i]);
+        return sum;
+      };
+    };
+    Grads g;
+    for (Vec& x : inputs) {
+      Vec fd(x.size());
+      for (std::size_t j = 0; j < x.size(); ++j) fd[j] = central_difference(objective_delta(x, j));
+      g.inputs.push_back(std::move(fd));
+    }
+    for (Vec& p : params) {
+      Vec fd(p.size());
+      for (std::size_t j = 0; j < p.size(); ++j) fd[j] = central_difference(objective_delta(p, j));
+      g.params.push_back(std::move(fd));
+    }
+    return g;
+  }
+
+  std::vector<Vec> inputs;
+  std::vector<Vec> params;
+  Vec weights;
+
+ private:
+  std::unique_ptr<Layer> layer_;
+  std::vector<ParamDecl> decls_;
+  std::int64_t batch_;
+  std::size_t out_count_ = 0;
+  Draw draw_;
+  cpu::CpuBackend backend_;
+  StepControl control_{};
+};
+
+// Runs every check on one layer: each input and parameter gradient against finite differences,
+// and accumulation onto existing input gradients. Returns the worst scaled error.
+inline double check_layer(const std::string& type, const nlohmann::json& attrs,
+                          std::vector<Shape> in_shapes, std::int64_t batch, std::uint64_t seed,
+                          const std::function<double(Draw&)>& input_value) {
+  LayerRun run(type, attrs, std::move(in_shapes), batch, seed, input_value);
+  const LayerRun::Grads analytic = run.backward();
+  const LayerRun::Grads numeric = run.numeric();
+  double worst = 0.0;
+  for (std::size_t i = 0; i < analytic.inputs.size(); ++i) {
+    worst = std::max(worst, expect_gradient_near(type + " d input " + std::to_string(i),
+                                                 analytic.inputs[i], numeric.inputs[i]));
+  }
+  for (std::size_t k = 0; k < analytic.params.size(); ++k) {
+    worst = std::max(worst, expect_gradient_near(type + " d param " + std::to_string(k),
+                                                 analytic.params[k], numeric.params[k]));
+  }
+  // accumulate_inputs: the gradient is added onto what the buffer held.
+  std::vector<Vec> base;
+  for (const Vec& x : run.inputs) {
+    base.push_back(run.draw().vec(x.size(), [](Draw& d) { return d.uniform(-1.0, 1.0); }));
+  }
+  const LayerRun::Grads summed = run.backward(&base);
+  for (std::size_t i = 0; i < base.size(); ++i) {
+    for (std::size_t j = 0; j < base[i].size(); ++j) {
+      const double g = analytic.inputs[i][j];
+      EXPECT_NEAR(summed.inputs[i][j], base[i][j] + g,
+                  1e-13 * (std::fabs(base[i][j]) + std::fabs(g) + 1.0))
+          << type << " accumulated d input " << i << "[" << j << "]";
+    }
+  }
+  return worst;
+}
+
+}  // namespace mixtrain::gradcheck
