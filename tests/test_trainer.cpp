@@ -311,6 +311,32 @@ TEST(Trainer, ClippingBoundsTheUpdate) {
   EXPECT_NEAR(std::sqrt(moved), 1e-3, 1e-5);  // SGD step = lr * clipped gradient
 }
 
+// Regression: reading predictions back must not overwrite the control block, also when a sample
+// has more outputs than input features.
+TEST(Trainer, EvaluationLeavesTrainingStateIntact) {
+  const Blobs data = make_blobs(320, 2, 3, 15);
+  Dataset d;
+  d.features = data.x;
+  d.sample_shape = {2};
+  d.labels = data.y;
+  d.num_classes = 3;
+  for (Precision p : {Precision::FP32, Precision::FP16, Precision::BF16}) {
+    TrainerConfig c = cpu_config(p);
+    Trainer t(mlp(32, 2, 3), c);
+    FitOptions fo;
+    fo.epochs = 3;
+    fo.batch_size = 32;
+    fo.validation = &d;
+    const FitHistory h = t.fit(d, fo);
+    const TrainerStats s = t.stats();
+    EXPECT_EQ(s.steps, 30) << precision_name(p);
+    EXPECT_EQ(s.loss_scale, p == Precision::FP16 ? 65536.0f : 1.0f) << precision_name(p);
+    EXPECT_LT(h.epochs.back().train_loss, h.epochs.front().train_loss) << precision_name(p);
+    EXPECT_GT(h.epochs.back().validation.accuracy, 0.6) << precision_name(p);
+    EXPECT_EQ(t.predict(data.x.data(), {32, 2}).size(), 96u);
+  }
+}
+
 TEST(Trainer, WeightsSurviveASaveAndLoad) {
   const auto path = std::filesystem::temp_directory_path() / "mixtrain_test_weights.bin";
   Trainer a(mlp(), cpu_config());

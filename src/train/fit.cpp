@@ -70,7 +70,6 @@ EvalResult Trainer::evaluate(const Dataset& data) {
   double loss_sum = 0.0;
   std::int64_t hits = 0, decisions = 0;
   std::size_t samples = 0;
-  const std::int64_t sample = numel(g.sample_shape);
   while (loader.next(batch)) {
     const auto n = static_cast<std::int64_t>(batch.count);
     Shape shape{n};
@@ -108,9 +107,8 @@ EvalResult Trainer::evaluate(const Dataset& data) {
       if (out.dtype == DType::F32) {
         m.backend->download(host.data(), out.ptr, host.size() * 4);
       } else {
-        float* staging = outs <= n * sample ? m.plan->input_staging : m.plan->targets;
-        m.backend->convert(out, Buf{staging, DType::F32}, outs, false);
-        m.backend->download(host.data(), staging, host.size() * 4);
+        m.backend->convert(out, Buf{m.plan->output_staging, DType::F32}, outs, false);
+        m.backend->download(host.data(), m.plan->output_staging, host.size() * 4);
       }
       hits += m.accuracy_hits(host.data(), n, batch.labels, batch.targets);
       const bool multiclass =

@@ -27,12 +27,12 @@ struct OptimizerHyper {
 
 // Per-step values shared by all elements of one update.
 struct OptimizerStepScalars {
-  float lr;             // learning rate of this step
-  float grad_factor;    // multiplies every gradient (global-norm clipping coefficient, or 1)
-  std::int32_t step;    // 1-based index of this applied step (bias corrections)
-  float mu_t;           // Nadam: momentum coefficient of this step
-  float mu_next;        // Nadam: momentum coefficient of the next step
-  float mu_product;     // Nadam: product of mu_1..mu_t
+  float lr;                // learning rate of this step
+  float grad_factor;       // multiplies every gradient (global-norm clipping coefficient, or 1)
+  std::int32_t step;       // 1-based index of this applied step (bias corrections)
+  float mu_t;              // Nadam: momentum coefficient of this step
+  float mu_next;           // Nadam: momentum coefficient of the next step
+  float mu_product;        // Nadam: product of mu_1..mu_t
   float bias_correction1;  // Adam family: 1 - beta1^step (computed once per step, not per element)
   float bias_correction2;  // Adam family: 1 - beta2^step
 };

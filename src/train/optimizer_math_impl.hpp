@@ -44,10 +44,10 @@ MIXTRAIN_HD OptimizerStepScalars optimizer_step_scalars(const OptimizerHyper& h,
                                                         float mu_product_before) {
   OptimizerStepScalars sc{lr,   grad_factor, applied_steps + 1, 0.0f, 0.0f, mu_product_before,
                           1.0f, 1.0f};
-  const float beta1 = h.kind == Optimizer::AdamW ? h.adamw.beta1
+  const float beta1 = h.kind == Optimizer::AdamW   ? h.adamw.beta1
                       : h.kind == Optimizer::Nadam ? h.nadam.beta1
                                                    : h.adam.beta1;
-  const float beta2 = h.kind == Optimizer::AdamW ? h.adamw.beta2
+  const float beta2 = h.kind == Optimizer::AdamW   ? h.adamw.beta2
                       : h.kind == Optimizer::Nadam ? h.nadam.beta2
                                                    : h.adam.beta2;
   sc.bias_correction1 = optimizer_detail::one_minus_pow(beta1, sc.step);

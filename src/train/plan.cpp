@@ -45,6 +45,8 @@ Plan::Plan(const graph::Graph& g, Backend& be, const PlanOptions& o)
   const std::size_t sample = static_cast<std::size_t>(numel(g.sample_shape));
   const std::size_t off_input = l.take(b * sample * csize);
   const std::size_t off_staging = l.take(b * sample * 4);
+  const std::size_t off_output = l.take(
+      b * static_cast<std::size_t>(numel(g.nodes[static_cast<std::size_t>(g.output)].shape)) * 4);
   const std::size_t off_labels = l.take(b * static_cast<std::size_t>(o.label_count) * 4 + 4);
   const std::size_t off_targets = l.take(b * static_cast<std::size_t>(o.target_count) * 4 + 4);
   const std::size_t off_control = l.take(sizeof(StepControl));
@@ -68,6 +70,7 @@ Plan::Plan(const graph::Graph& g, Backend& be, const PlanOptions& o)
   }
   input = Buf{base + off_input, ct};
   input_staging = reinterpret_cast<float*>(base + off_staging);
+  output_staging = reinterpret_cast<float*>(base + off_output);
   labels = reinterpret_cast<std::int32_t*>(base + off_labels);
   targets = reinterpret_cast<float*>(base + off_targets);
   control = reinterpret_cast<StepControl*>(base + off_control);

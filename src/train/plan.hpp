@@ -5,7 +5,8 @@
 //   master [P] f32 | grads [P] f32 | working copy [P] compute dtype (mixed precision only) |
 //   optimizer state [slots][P] f32 | activations and activation gradients per node
 //   [max_batch, shape] compute dtype | model input [max_batch, sample] compute dtype |
-//   input staging f32 | labels i32 | targets f32 | control block | step history ring
+//   input staging f32 | output staging f32 | labels i32 | targets f32 | control block | step
+//   history ring
 #pragma once
 
 #include <cstdint>
@@ -50,6 +51,7 @@ class Plan {
   std::vector<NodeMemory> nodes;
   Buf input;
   float* input_staging = nullptr;
+  float* output_staging = nullptr;  // [max_batch, output] f32: predictions read back
   std::int32_t* labels = nullptr;
   float* targets = nullptr;
   StepControl* control = nullptr;

@@ -469,12 +469,8 @@ std::vector<float> Trainer::predict(const float* inputs, const Shape& input_shap
   if (out.dtype == DType::F32) {
     m.backend->download(result.data(), out.ptr, result.size() * sizeof(float));
   } else {
-    // The output fits in the input staging area only if it is no larger; use the targets area
-    // otherwise (sized for the output).
-    float* staging = count <= n * numel(g.sample_shape) ? m.plan->input_staging : nullptr;
-    if (staging == nullptr) staging = m.plan->targets;
-    m.backend->convert(out, Buf{staging, DType::F32}, count, false);
-    m.backend->download(result.data(), staging, result.size() * sizeof(float));
+    m.backend->convert(out, Buf{m.plan->output_staging, DType::F32}, count, false);
+    m.backend->download(result.data(), m.plan->output_staging, result.size() * sizeof(float));
   }
   return result;
 }

@@ -71,6 +71,7 @@ void cpu_optimizer_step(const OptimizerDesc& d) {
       update_all(d, sc, static_cast<bf16*>(d.working.ptr));
       return;
     case DType::I32:
+    case DType::F64:
       break;
   }
   throw Error("optimizer_step: the working copy must be f32, f16 or bf16, not " +
