@@ -337,6 +337,28 @@ TEST(Trainer, EvaluationLeavesTrainingStateIntact) {
   }
 }
 
+TEST(Trainer, DeviceBatchesTrainLikeHostBatches) {
+  const Blobs data = make_blobs(128, 8, 3, 16);
+  TrainerConfig c = cpu_config(Precision::FP16);
+  Trainer host(mlp(32, 8, 3, 0.2f), c), device(mlp(32, 8, 3, 0.2f), c);
+  std::vector<DeviceBatch> batches;
+  for (int b = 0; b < 4; ++b) {
+    batches.push_back(
+        device.upload_batch(data.x.data() + b * 32 * 8, {32, 8}, data.y.data() + b * 32, {32}));
+  }
+  EXPECT_EQ(device.stats().steps, 0);  // uploading trains nothing
+  for (int s = 0; s < 12; ++s) {
+    const float a = host.train_batch(data.x.data() + (s % 4) * 32 * 8, {32, 8},
+                                     data.y.data() + (s % 4) * 32, {32})
+                        .loss();
+    const float b = device.train_batch(batches[static_cast<std::size_t>(s % 4)]).loss();
+    EXPECT_EQ(a, b) << "step " << s;
+  }
+  EXPECT_EQ(host.weights(), device.weights());
+  EXPECT_THROW(device.train_batch(DeviceBatch{9, 32}), ConfigError);
+  EXPECT_THROW(device.upload_batch(data.x.data(), {32, 8}, data.y.data(), {31}), ShapeError);
+}
+
 TEST(Trainer, WeightsSurviveASaveAndLoad) {
   const auto path = std::filesystem::temp_directory_path() / "mixtrain_test_weights.bin";
   Trainer a(mlp(), cpu_config());

@@ -84,6 +84,12 @@ struct TrainerStats {
 
 class Trainer;
 
+// A batch stored in device memory by Trainer::upload_batch (owned by that trainer).
+struct DeviceBatch {
+  std::size_t index = 0;
+  std::int64_t size = 0;  // samples
+};
+
 // The result of train_batch. Holds no value until read: loss() and the rest read the step's record
 // back from the device (a sync), which training itself never does.
 class StepResult {
@@ -164,6 +170,15 @@ class Trainer {
   StepResult train_batch(const float* inputs, const Shape& input_shape, const float* targets,
                          const Shape& target_shape);
 
+  // Batches kept in device memory: upload once (validated and converted to the compute dtype),
+  // then train on them with no host transfer (benchmarks, data sets that fit on the device).
+  // The memory lives as long as the trainer.
+  DeviceBatch upload_batch(const float* inputs, const Shape& input_shape,
+                           const std::int32_t* labels, const Shape& label_shape);
+  DeviceBatch upload_batch(const float* inputs, const Shape& input_shape, const float* targets,
+                           const Shape& target_shape);
+  StepResult train_batch(const DeviceBatch& batch);
+
   // Inference (dropout off): outputs [n, outputs...] as fp32, row-major.
   std::vector<float> predict(const float* inputs, const Shape& input_shape);
   // Loss and accuracy over a dataset, in batches of the model's batch size.
@@ -184,7 +199,8 @@ class Trainer {
   std::string device() const;  // "cpu" or "cuda"
   PrecisionPolicy policy() const;
 
-  // fp32 master weights, in the order of the model's layers and their parameters.
+  // fp32 master weights in the order of the model's layers and their parameters, followed by the
+  // layers' persistent state (batch-norm running statistics).
   std::vector<float> weights();
   void set_weights(const std::vector<float>& weights);
   // Atomic binary checkpoint of the master weights.

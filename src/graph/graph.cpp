@@ -72,6 +72,7 @@ std::shared_ptr<Graph> build(const ModelSpec& spec) {
       throw ShapeError(std::string(e.what()) + " (inputs: " + paths + ")");
     }
     node.params = node.layer->params(in_shapes);
+    node.buffers = node.layer->buffers(in_shapes, g->max_batch);
     for (const ParamDecl& p : node.params) g->parameter_count += numel(p.shape);
     node.layer->bind_shapes(std::move(in_shapes), node.shape);
     index[ls.name] = static_cast<int>(g->nodes.size());

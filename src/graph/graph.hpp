@@ -17,6 +17,7 @@ struct Node {
   std::vector<int> inputs;  // node indices, or kModelInput
   Shape shape;              // per-sample output shape
   std::vector<ParamDecl> params;
+  std::vector<BufferDecl> buffers;
 };
 
 struct Graph {

@@ -29,6 +29,18 @@ struct ParamDecl {
   std::int64_t fan_out = 1;
 };
 
+// Memory a layer keeps besides its parameters. Persistent buffers are model state that is not
+// trained by gradients (batch-norm running statistics): initialised once and saved with the
+// weights. The others are per-step scratch shared by forward and backward (batch statistics),
+// sized for the largest batch.
+struct BufferDecl {
+  std::string name;
+  Shape shape;
+  DType dtype = DType::F32;
+  bool persistent = false;
+  float init = 0.0f;  // initial value of a persistent buffer
+};
+
 struct ForwardArgs {
   Backend& backend;
   const StepControl* control;
@@ -38,6 +50,7 @@ struct ForwardArgs {
   Buf output;                // [batch, output_shape...]
   std::vector<CBuf> params;  // compute-dtype copies, in declaration order
   bool allow_tf32;
+  std::vector<Buf> buffers = {};  // in declaration order
 };
 
 struct BackwardArgs {
@@ -54,6 +67,15 @@ struct BackwardArgs {
   bool allow_tf32;
   // F32 in training; F64 when the float64 gradient tests run a layer on the CPU backend.
   DType grad_param_dtype = DType::F32;
+  std::vector<Buf> buffers = {};
+};
+
+// After the gradients were checked: control->found_inf tells whether this step will be skipped.
+struct AfterCheckArgs {
+  Backend& backend;
+  const StepControl* control;
+  std::int64_t batch;
+  std::vector<Buf> buffers;
 };
 
 class Layer {
@@ -72,8 +94,16 @@ class Layer {
   // Checks the inputs' per-sample shapes; throws ShapeError naming this layer.
   virtual Shape output_shape(const std::vector<Shape>& inputs) const = 0;
   virtual std::vector<ParamDecl> params(const std::vector<Shape>& /*inputs*/) const { return {}; }
+  virtual std::vector<BufferDecl> buffers(const std::vector<Shape>& /*inputs*/,
+                                          std::int64_t /*max_batch*/) const {
+    return {};
+  }
   virtual void forward(const ForwardArgs& args) const = 0;
   virtual void backward(const BackwardArgs& args) const = 0;
+  // Runs in training after the gradient check and before the optimizer, for state that must not
+  // change on a skipped step (batch-norm running statistics). Only called when has_after_check().
+  virtual bool has_after_check() const { return false; }
+  virtual void after_check(const AfterCheckArgs& /*args*/) const {}
 
   // Records the inferred per-sample shapes (called once by compile()).
   void bind_shapes(std::vector<Shape> inputs, Shape output) {

@@ -79,6 +79,8 @@ class Backend {
   virtual void upload(void* dst, const void* host_src, std::size_t bytes) = 0;
   virtual void download(void* host_dst, const void* src, std::size_t bytes) = 0;
   virtual void synchronize() = 0;
+  // Device-to-device copy, ordered with the other ops (allowed inside a step).
+  virtual void copy(void* dst, const void* src, std::size_t bytes) = 0;
   // Host staging memory for uploads that the step reads (pinned on CUDA).
   virtual void* alloc_host(std::size_t bytes) = 0;
   virtual void free_host(void* ptr) = 0;
@@ -123,10 +125,12 @@ class Backend {
   // Loss forward (and backward when desc.dpred is set).
   virtual void loss(const LossDesc& desc) = 0;
 
-  // Mixed precision. Multiplies grad[count] by control->inv_scale in place, sets
-  // control->found_inf when any value is inf/nan and control->grad_norm_sq to the squared norm.
-  virtual void unscale_and_check(float* grad, std::int64_t count, StepControl* control) = 0;
-  // Optimizer update; does nothing when control->found_inf is set.
+  // Mixed precision. Reads the still-scaled fp32 gradients once: sets control->found_inf when any
+  // value times control->inv_scale is inf/nan and control->grad_norm_sq to the squared norm of the
+  // unscaled gradients. It does not write them: the optimizer multiplies by inv_scale as it reads.
+  virtual void check_gradients(const float* grad, std::int64_t count, StepControl* control) = 0;
+  // Optimizer update on grad * control->inv_scale (times the clipping coefficient); does nothing
+  // when control->found_inf is set.
   virtual void optimizer_step(const OptimizerDesc& desc) = 0;
   // Ends a training step on the device: scaler update, counters, history record.
   virtual void finish_step(StepControl* control, const ScalerParams& params,

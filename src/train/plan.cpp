@@ -53,6 +53,21 @@ Plan::Plan(const graph::Graph& g, Backend& be, const PlanOptions& o)
   const std::size_t off_history =
       l.take(sizeof(StepRecord) * static_cast<std::size_t>(o.history_size));
   const std::size_t off_eval = l.take(4);
+  // Layer buffers: persistent ones (fp32) contiguously, then the per-step scratch.
+  for (const auto& node : g.nodes) {
+    for (const BufferDecl& d : node.buffers) {
+      if (d.persistent) persistent_count += numel(d.shape);
+    }
+  }
+  const std::size_t off_persistent = l.take(static_cast<std::size_t>(persistent_count) * 4);
+  std::vector<std::vector<std::size_t>> off_buffers(g.nodes.size());
+  for (std::size_t i = 0; i < g.nodes.size(); ++i) {
+    for (const BufferDecl& d : g.nodes[i].buffers) {
+      off_buffers[i].push_back(
+          d.persistent ? 0
+                       : l.take(static_cast<std::size_t>(numel(d.shape)) * dtype_size(d.dtype)));
+    }
+  }
 
   arena_bytes = l.bytes;
   arena_ = backend.alloc(arena_bytes);
@@ -76,6 +91,19 @@ Plan::Plan(const graph::Graph& g, Backend& be, const PlanOptions& o)
   control = reinterpret_cast<StepControl*>(base + off_control);
   history = reinterpret_cast<StepRecord*>(base + off_history);
   eval_loss = reinterpret_cast<float*>(base + off_eval);
+  persistent = reinterpret_cast<float*>(base + off_persistent);
+  std::int64_t next_persistent = 0;
+  for (std::size_t i = 0; i < g.nodes.size(); ++i) {
+    const auto& decls = g.nodes[i].buffers;
+    for (std::size_t k = 0; k < decls.size(); ++k) {
+      if (decls[k].persistent) {
+        nodes[i].buffers.push_back(Buf{persistent + next_persistent, DType::F32});
+        next_persistent += numel(decls[k].shape);
+      } else {
+        nodes[i].buffers.push_back(Buf{base + off_buffers[i][k], decls[k].dtype});
+      }
+    }
+  }
 }
 
 Plan::~Plan() {

@@ -38,6 +38,7 @@ class Plan {
     Buf activation;                           // [max_batch, shape]
     Buf gradient;                             // [max_batch, shape]
     std::vector<std::int64_t> param_offsets;  // element offset of each parameter in master
+    std::vector<Buf> buffers;                 // the layer's BufferDecls, in order
   };
 
   const graph::Graph& graph;
@@ -58,6 +59,10 @@ class Plan {
   StepRecord* history = nullptr;
   float* eval_loss = nullptr;
   std::size_t arena_bytes = 0;
+  // Persistent layer buffers (running statistics) are one contiguous fp32 range, saved with the
+  // weights.
+  float* persistent = nullptr;
+  std::int64_t persistent_count = 0;
 
   DType compute() const { return options.policy.compute; }
   // The compute-dtype view of a parameter (the working copy, or master in fp32).

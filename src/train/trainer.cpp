@@ -173,6 +173,16 @@ Trainer::Impl::Impl(const Model& m, TrainerConfig c) : model(m), config(std::mov
                   optimizer_state_init(hyper, s));
   }
   backend->fill(Buf{plan->grads, DType::F32}, plan->param_count, 0.0f);
+  if (plan->persistent_count > 0) {
+    std::vector<float> state;
+    for (const auto& node : g.nodes) {
+      for (const BufferDecl& d : node.buffers) {
+        if (d.persistent)
+          state.insert(state.end(), static_cast<std::size_t>(numel(d.shape)), d.init);
+      }
+    }
+    backend->upload(plan->persistent, state.data(), state.size() * sizeof(float));
+  }
   if (plan->working) {
     backend->convert(CBuf(plan->master, DType::F32), plan->working, plan->param_count, false);
   }
@@ -208,6 +218,10 @@ Trainer::Impl::Impl(const Model& m, TrainerConfig c) : model(m), config(std::mov
 Trainer::Impl::~Impl() {
   if (backend) {
     backend->synchronize();
+    for (const StoredBatch& b : device_batches) {
+      backend->free(b.inputs);
+      backend->free(b.expected);
+    }
     backend->free_host(host_inputs);
     backend->free_host(host_labels);
     backend->free_host(host_targets);
@@ -299,6 +313,7 @@ void Trainer::Impl::forward(std::int64_t n, bool training) {
                   {},       policy.allow_tf32};
     for (int src : node.inputs) a.inputs.push_back(plan->activation_of(src));
     for (auto off : plan->nodes[i].param_offsets) a.params.push_back(plan->param(off));
+    a.buffers = plan->nodes[i].buffers;
     node.layer->forward(a);
   }
 }
@@ -322,6 +337,7 @@ void Trainer::Impl::backward(std::int64_t n) {
       a.params.push_back(plan->param(off));
       a.grad_params.push_back(plan->grads + off);
     }
+    a.buffers = mem.buffers;
     node.layer->backward(a);
   }
 }
@@ -349,7 +365,14 @@ StepResult Trainer::Impl::step(Trainer* owner, std::int64_t n) {
     forward(n, true);
     run_loss(n, true, &plan->control->loss);
     backward(n);
-    backend->unscale_and_check(plan->grads, plan->param_count, plan->control);
+    backend->check_gradients(plan->grads, plan->param_count, plan->control);
+    const graph::Graph& g = model.graph();
+    for (std::size_t i = 0; i < g.nodes.size(); ++i) {
+      if (in_forward[i] && g.nodes[i].layer->has_after_check()) {
+        g.nodes[i].layer->after_check(
+            AfterCheckArgs{*backend, plan->control, n, plan->nodes[i].buffers});
+      }
+    }
     OptimizerDesc od;
     od.hyper = hyper;
     od.count = plan->param_count;
@@ -411,49 +434,108 @@ Trainer::Trainer(const Model& model, TrainerConfig config)
 
 Trainer::~Trainer() = default;
 
+void Trainer::Impl::upload_labels(const std::int32_t* labels, const Shape& shape, std::int64_t n) {
+  check_labels(labels, shape, n);
+  const std::int64_t count = n * rows_per_sample;
+  if (uses_labels) {
+    std::memcpy(host_labels, labels, static_cast<std::size_t>(count) * sizeof(std::int32_t));
+    backend->upload(plan->labels, host_labels,
+                    static_cast<std::size_t>(count) * sizeof(std::int32_t));
+    return;
+  }
+  // Binary losses: 0/1 labels become float targets.
+  if (loss_cols != 1) {
+    throw ShapeError(fmt::format(
+        "integer labels fit a single-output model; this one has {} outputs: pass float targets "
+        "[n, {}]",
+        loss_cols, loss_cols));
+  }
+  for (std::int64_t i = 0; i < count; ++i) host_targets[i] = static_cast<float>(labels[i]);
+  backend->upload(plan->targets, host_targets, static_cast<std::size_t>(count) * sizeof(float));
+}
+
+void Trainer::Impl::upload_targets(const float* targets, const Shape& shape, std::int64_t n) {
+  if (uses_labels) {
+    throw ShapeError(
+        fmt::format("loss {} takes integer labels, not float targets", loss_name(config.loss)));
+  }
+  check_targets(targets, shape, n);
+  const std::int64_t count = numel(shape);
+  std::memcpy(host_targets, targets, static_cast<std::size_t>(count) * sizeof(float));
+  backend->upload(plan->targets, host_targets, static_cast<std::size_t>(count) * sizeof(float));
+}
+
+DeviceBatch Trainer::Impl::store_batch(std::int64_t n) {
+  const graph::Graph& g = model.graph();
+  StoredBatch b{};
+  b.n = n;
+  const std::size_t in_bytes =
+      static_cast<std::size_t>(n * numel(g.sample_shape)) * dtype_size(plan->input.dtype);
+  b.expected_bytes =
+      uses_labels ? static_cast<std::size_t>(n * rows_per_sample) * sizeof(std::int32_t)
+                  : static_cast<std::size_t>(n * rows_per_sample * loss_cols) * sizeof(float);
+  b.inputs = backend->alloc(in_bytes);
+  b.expected = backend->alloc(b.expected_bytes);
+  backend->copy(b.inputs, plan->input.ptr, in_bytes);
+  backend->copy(b.expected, uses_labels ? static_cast<void*>(plan->labels) : plan->targets,
+                b.expected_bytes);
+  backend->synchronize();
+  device_batches.push_back(b);
+  return DeviceBatch{device_batches.size() - 1, n};
+}
+
 StepResult Trainer::train_batch(const float* inputs, const Shape& input_shape,
                                 const std::int32_t* labels, const Shape& label_shape) {
   Impl& m = *impl_;
   m.check_batch(inputs, input_shape);
   const std::int64_t n = input_shape[0];
-  m.check_labels(labels, label_shape, n);
+  m.upload_labels(labels, label_shape, n);  // validates before anything is uploaded
   m.upload_inputs(inputs, n);
-  const std::int64_t count = n * m.rows_per_sample;
-  if (m.uses_labels) {
-    std::memcpy(m.host_labels, labels, static_cast<std::size_t>(count) * sizeof(std::int32_t));
-    m.backend->upload(m.plan->labels, m.host_labels,
-                      static_cast<std::size_t>(count) * sizeof(std::int32_t));
-  } else {  // binary losses: 0/1 labels become float targets
-    const std::int64_t per = m.loss_cols * m.rows_per_sample;
-    if (per != m.rows_per_sample) {
-      throw ShapeError(
-          fmt::format("integer labels fit a single-output model; this one has {} "
-                      "outputs: pass float targets [n, {}]",
-                      m.loss_cols, m.loss_cols));
-    }
-    for (std::int64_t i = 0; i < count; ++i) m.host_targets[i] = static_cast<float>(labels[i]);
-    m.backend->upload(m.plan->targets, m.host_targets,
-                      static_cast<std::size_t>(count) * sizeof(float));
-  }
   return m.step(this, n);
 }
 
 StepResult Trainer::train_batch(const float* inputs, const Shape& input_shape, const float* targets,
                                 const Shape& target_shape) {
   Impl& m = *impl_;
-  if (m.uses_labels) {
-    throw ShapeError(
-        fmt::format("loss {} takes integer labels, not float targets", loss_name(m.config.loss)));
-  }
   m.check_batch(inputs, input_shape);
   const std::int64_t n = input_shape[0];
-  m.check_targets(targets, target_shape, n);
+  m.upload_targets(targets, target_shape, n);  // validates before anything is uploaded
   m.upload_inputs(inputs, n);
-  const std::int64_t count = numel(target_shape);
-  std::memcpy(m.host_targets, targets, static_cast<std::size_t>(count) * sizeof(float));
-  m.backend->upload(m.plan->targets, m.host_targets,
-                    static_cast<std::size_t>(count) * sizeof(float));
   return m.step(this, n);
+}
+
+DeviceBatch Trainer::upload_batch(const float* inputs, const Shape& input_shape,
+                                  const std::int32_t* labels, const Shape& label_shape) {
+  Impl& m = *impl_;
+  m.check_batch(inputs, input_shape);
+  const std::int64_t n = input_shape[0];
+  m.upload_labels(labels, label_shape, n);
+  m.upload_inputs(inputs, n);
+  return m.store_batch(n);
+}
+
+DeviceBatch Trainer::upload_batch(const float* inputs, const Shape& input_shape,
+                                  const float* targets, const Shape& target_shape) {
+  Impl& m = *impl_;
+  m.check_batch(inputs, input_shape);
+  const std::int64_t n = input_shape[0];
+  m.upload_targets(targets, target_shape, n);
+  m.upload_inputs(inputs, n);
+  return m.store_batch(n);
+}
+
+StepResult Trainer::train_batch(const DeviceBatch& batch) {
+  Impl& m = *impl_;
+  if (batch.index >= m.device_batches.size() || m.device_batches[batch.index].n != batch.size) {
+    throw ConfigError(fmt::format("device batch {} was not uploaded by this trainer", batch.index));
+  }
+  const Impl::StoredBatch& b = m.device_batches[batch.index];
+  const std::size_t in_bytes = static_cast<std::size_t>(b.n * numel(m.model.graph().sample_shape)) *
+                               dtype_size(m.plan->input.dtype);
+  m.backend->copy(m.plan->input.ptr, b.inputs, in_bytes);
+  m.backend->copy(m.uses_labels ? static_cast<void*>(m.plan->labels) : m.plan->targets, b.expected,
+                  b.expected_bytes);
+  return m.step(this, b.n);
 }
 
 std::vector<float> Trainer::predict(const float* inputs, const Shape& input_shape) {
@@ -548,18 +630,29 @@ PrecisionPolicy Trainer::policy() const {
 }
 
 std::vector<float> Trainer::weights() {
-  std::vector<float> w(static_cast<std::size_t>(impl_->plan->param_count));
-  impl_->backend->download(w.data(), impl_->plan->master, w.size() * sizeof(float));
+  const Plan& p = *impl_->plan;
+  std::vector<float> w(static_cast<std::size_t>(p.param_count + p.persistent_count));
+  impl_->backend->download(w.data(), p.master, static_cast<std::size_t>(p.param_count) * 4);
+  if (p.persistent_count > 0) {
+    impl_->backend->download(w.data() + p.param_count, p.persistent,
+                             static_cast<std::size_t>(p.persistent_count) * 4);
+  }
   return w;
 }
 
 void Trainer::set_weights(const std::vector<float>& w) {
   Impl& m = *impl_;
-  if (static_cast<std::int64_t>(w.size()) != m.plan->param_count) {
-    throw ShapeError(fmt::format("set_weights: got {} values, the model has {} parameters",
-                                 w.size(), m.plan->param_count));
+  const Plan& p = *m.plan;
+  if (static_cast<std::int64_t>(w.size()) != p.param_count + p.persistent_count) {
+    throw ShapeError(fmt::format(
+        "set_weights: got {} values, the model has {} parameters and {} values of layer state",
+        w.size(), p.param_count, p.persistent_count));
   }
-  m.backend->upload(m.plan->master, w.data(), w.size() * sizeof(float));
+  m.backend->upload(p.master, w.data(), static_cast<std::size_t>(p.param_count) * 4);
+  if (p.persistent_count > 0) {
+    m.backend->upload(p.persistent, w.data() + p.param_count,
+                      static_cast<std::size_t>(p.persistent_count) * 4);
+  }
   if (m.plan->working) {
     m.backend->convert(CBuf(m.plan->master, DType::F32), m.plan->working, m.plan->param_count,
                        false);

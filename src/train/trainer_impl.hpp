@@ -41,6 +41,14 @@ struct Trainer::Impl {
   std::int32_t* host_labels = nullptr;
   float* host_targets = nullptr;
 
+  struct StoredBatch {
+    void* inputs;    // [n, sample] compute dtype
+    void* expected;  // int32 labels or fp32 targets, laid out as the plan's buffers
+    std::size_t expected_bytes;
+    std::int64_t n;
+  };
+  std::vector<StoredBatch> device_batches;
+
   std::vector<StepStats> history;
   std::int64_t steps_issued = 0;
   StepControl last_control{};
@@ -49,6 +57,11 @@ struct Trainer::Impl {
   void check_labels(const std::int32_t* labels, const Shape& shape, std::int64_t n) const;
   void check_targets(const float* targets, const Shape& shape, std::int64_t n) const;
   void upload_inputs(const float* inputs, std::int64_t n);
+  // Validates and uploads labels (or 0/1 labels as targets for binary losses) for a batch of n.
+  void upload_labels(const std::int32_t* labels, const Shape& shape, std::int64_t n);
+  void upload_targets(const float* targets, const Shape& shape, std::int64_t n);
+  // Copies the staged batch (plan input + labels/targets) into device memory of its own.
+  DeviceBatch store_batch(std::int64_t n);
   void forward(std::int64_t n, bool training);
   void backward(std::int64_t n);
   void run_loss(std::int64_t n, bool with_gradient, float* out);

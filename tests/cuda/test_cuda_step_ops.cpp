@@ -11,7 +11,7 @@ namespace {
 
 using StepOpsTest = CudaVsCpu;
 
-// Runs unscale_and_check on the same gradients on both backends.
+// Runs check_gradients on the same gradients on both backends.
 struct Unscaled {
   std::vector<float> cpu_grad, gpu_grad;
   StepControl cpu_ctl, gpu_ctl;
@@ -29,8 +29,8 @@ Unscaled unscale_both(Backend& cpu, Backend& gpu, const std::vector<float>& grad
   c.found_inf = 0.5f;     // stale values the pass must overwrite
   c.grad_norm_sq = -1.0f;
   control.set(c);
-  cpu.unscale_and_check(static_cast<float*>(g.cpu_ptr()), n, control.cpu());
-  gpu.unscale_and_check(static_cast<float*>(g.gpu_ptr()), n, control.gpu());
+  cpu.check_gradients(static_cast<float*>(g.cpu_ptr()), n, control.cpu());
+  gpu.check_gradients(static_cast<float*>(g.gpu_ptr()), n, control.gpu());
   return {g.cpu_values(), g.gpu_values(), control.cpu_value(), control.gpu_value()};
 }
 
@@ -77,8 +77,8 @@ TEST_F(StepOpsTest, UnscaleAndCheckEmpty) {
   c.grad_norm_sq = 5.0f;
   control.set(c);
   DeviceMemory g(gpu(), 16);
-  gpu().unscale_and_check(static_cast<float*>(g.get()), 0, control.gpu());
-  cpu().unscale_and_check(nullptr, 0, control.cpu());
+  gpu().check_gradients(static_cast<float*>(g.get()), 0, control.gpu());
+  cpu().check_gradients(nullptr, 0, control.cpu());
   EXPECT_EQ(control.gpu_value().found_inf, control.cpu_value().found_inf);
   EXPECT_EQ(control.gpu_value().grad_norm_sq, control.cpu_value().grad_norm_sq);
 }

@@ -41,6 +41,10 @@ void CpuBackend::download(void* host_dst, const void* src, std::size_t bytes) {
   std::memcpy(host_dst, src, bytes);
 }
 
+void CpuBackend::copy(void* dst, const void* src, std::size_t bytes) {
+  std::memcpy(dst, src, bytes);
+}
+
 void CpuBackend::run_step(const std::string& /*key*/, const std::function<void()>& body) {
   body();
 }
@@ -51,7 +55,7 @@ std::vector<float>& CpuBackend::scratch(int slot, std::size_t count) {
   return v;
 }
 
-void CpuBackend::unscale_and_check(float* grad, std::int64_t count, StepControl* control) {
+void CpuBackend::check_gradients(const float* grad, std::int64_t count, StepControl* control) {
   // Fixed-size blocks summed in a fixed order: the norm is bit-identical for any thread count.
   constexpr std::int64_t kBlock = 4096;
   const std::int64_t blocks = (count + kBlock - 1) / kBlock;
@@ -65,7 +69,6 @@ void CpuBackend::unscale_and_check(float* grad, std::int64_t count, StepControl*
     bool nonfinite = false;
     for (std::int64_t i = b * kBlock; i < end; ++i) {
       const float g = grad[i] * inv;
-      grad[i] = g;
       nonfinite |= !std::isfinite(g);
       sum += static_cast<double>(g) * g;
     }

@@ -18,6 +18,7 @@ class CpuBackend final : public Backend {
   void upload(void* dst, const void* host_src, std::size_t bytes) override;
   void download(void* host_dst, const void* src, std::size_t bytes) override;
   void synchronize() override {}
+  void copy(void* dst, const void* src, std::size_t bytes) override;
   void* alloc_host(std::size_t bytes) override { return alloc(bytes); }
   void free_host(void* ptr) override { free(ptr); }
   std::size_t memory_in_use() const override { return in_use_; }
@@ -49,7 +50,7 @@ class CpuBackend final : public Backend {
   // differentiate it.
   double last_loss() const { return last_loss_; }
 
-  void unscale_and_check(float* grad, std::int64_t count, StepControl* control) override;
+  void check_gradients(const float* grad, std::int64_t count, StepControl* control) override;
   void optimizer_step(const OptimizerDesc& desc) override;
   void finish_step(StepControl* control, const ScalerParams& params, const OptimizerHyper& hyper,
                    StepRecord* history) override;

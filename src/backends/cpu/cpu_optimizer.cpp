@@ -50,9 +50,11 @@ void cpu_optimizer_step(const OptimizerDesc& d) {
     }
   }
 
-  const float grad_factor =
-      d.max_grad_norm > 0.0f ? std::min(1.0f, d.max_grad_norm / (std::sqrt(c.grad_norm_sq) + 1e-6f))
-                             : 1.0f;
+  // The gradients are still scaled: unscaling (exact, a power of two) and clipping are one factor.
+  const float clip = d.max_grad_norm > 0.0f
+                         ? std::min(1.0f, d.max_grad_norm / (std::sqrt(c.grad_norm_sq) + 1e-6f))
+                         : 1.0f;
+  const float grad_factor = clip * c.inv_scale;
   const OptimizerStepScalars sc = optimizer_step_scalars(d.hyper, c.learning_rate, grad_factor,
                                                          c.optimizer_steps, c.optimizer_scalar);
 

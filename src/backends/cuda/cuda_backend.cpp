@@ -65,7 +65,9 @@ CudaBackend::CudaBackend() {
   graphs_enabled_ = !(graphs != nullptr && std::strcmp(graphs, "0") == 0);
 }
 
-CudaBackend::~CudaBackend() { release(); }
+CudaBackend::~CudaBackend() {
+  release();
+}
 
 // Never throws: errors (a sticky fault from an earlier kernel included) are ignored while
 // releasing. Safe on a partly constructed backend.
@@ -211,6 +213,11 @@ void CudaBackend::download(void* host_dst, const void* src, std::size_t bytes) {
   MIXTRAIN_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
+void CudaBackend::copy(void* dst, const void* src, std::size_t bytes) {
+  if (planning_ || bytes == 0) return;
+  MIXTRAIN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+}
+
 void CudaBackend::synchronize() {
   require_outside_step("synchronize");
   MIXTRAIN_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -273,7 +280,9 @@ void CudaBackend::reset_steps() {
 
 }  // namespace cuda
 
-std::unique_ptr<Backend> make_cuda_backend() { return std::make_unique<cuda::CudaBackend>(); }
+std::unique_ptr<Backend> make_cuda_backend() {
+  return std::make_unique<cuda::CudaBackend>();
+}
 
 bool cuda_device_present() {
   int count = 0;

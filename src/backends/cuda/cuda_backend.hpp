@@ -43,6 +43,7 @@ class CudaBackend final : public Backend {
   void upload(void* dst, const void* host_src, std::size_t bytes) override;
   void download(void* host_dst, const void* src, std::size_t bytes) override;
   void synchronize() override;
+  void copy(void* dst, const void* src, std::size_t bytes) override;
   void* alloc_host(std::size_t bytes) override;
   void free_host(void* ptr) override;
   std::size_t memory_in_use() const override { return in_use_; }
@@ -66,12 +67,11 @@ class CudaBackend final : public Backend {
                         bool accumulate) override;
 
   void gemm(const GemmDesc& desc) override;
-  void bias_grad(CBuf dy, Buf db, std::int64_t rows, std::int64_t cols,
-                 bool accumulate) override;
+  void bias_grad(CBuf dy, Buf db, std::int64_t rows, std::int64_t cols, bool accumulate) override;
 
   void loss(const LossDesc& desc) override;
 
-  void unscale_and_check(float* grad, std::int64_t count, StepControl* control) override;
+  void check_gradients(const float* grad, std::int64_t count, StepControl* control) override;
   void optimizer_step(const OptimizerDesc& desc) override;
   void finish_step(StepControl* control, const ScalerParams& params, const OptimizerHyper& hyper,
                    StepRecord* history) override;

@@ -22,7 +22,7 @@ constexpr std::int64_t kMaxPartials = 1024;
 
 // ---- unscale and check ------------------------------------------------------------------------
 
-__device__ __forceinline__ void unscale_one(float& g, float inv, double& sum, bool& bad) {
+__device__ __forceinline__ void unscale_one(float g, float inv, double& sum, bool& bad) {
   g *= inv;
   bad |= !isfinite(g);
   sum += static_cast<double>(g) * g;
@@ -30,7 +30,7 @@ __device__ __forceinline__ void unscale_one(float& g, float inv, double& sum, bo
 
 template <bool kVec4>
 __global__ void __launch_bounds__(kThreads)
-    unscale_kernel(float* __restrict__ grad, std::int64_t count,
+    unscale_kernel(const float* __restrict__ grad, std::int64_t count,
                    const StepControl* __restrict__ control, double* __restrict__ partial,
                    int* __restrict__ flags) {
   __shared__ double shared[kWarpsPerBlock];
@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(kThreads)
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   std::int64_t tail = 0;
   if constexpr (kVec4) {
-    float4* g4 = reinterpret_cast<float4*>(grad);
+    const float4* g4 = reinterpret_cast<const float4*>(grad);
     const std::int64_t n4 = count / 4;
     for (std::int64_t i = tid; i < n4; i += stride) {
       float4 v = g4[i];
@@ -49,14 +49,11 @@ __global__ void __launch_bounds__(kThreads)
       unscale_one(v.y, inv, sum, bad);
       unscale_one(v.z, inv, sum, bad);
       unscale_one(v.w, inv, sum, bad);
-      g4[i] = v;
     }
     tail = n4 * 4;
   }
   for (std::int64_t i = tail + tid; i < count; i += stride) {
-    float v = grad[i];
-    unscale_one(v, inv, sum, bad);
-    grad[i] = v;
+    unscale_one(grad[i], inv, sum, bad);
   }
   const int any_bad = __syncthreads_or(bad ? 1 : 0);
   const double total = block_sum(sum, shared);
@@ -109,6 +106,7 @@ __global__ void __launch_bounds__(kThreads) optimizer_kernel(OptimizerArgs a, W*
     const float x = a.max_grad_norm / (sqrtf(c.grad_norm_sq) + 1e-6f);
     grad_factor = x < 1.0f ? x : 1.0f;
   }
+  grad_factor *= c.inv_scale;  // the gradients are still scaled
   const OptimizerStepScalars sc = optimizer_step_scalars(a.hyper, c.learning_rate, grad_factor,
                                                          c.optimizer_steps, c.optimizer_scalar);
   const std::int64_t tid = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -182,7 +180,7 @@ __global__ void finish_step_kernel(StepControl* control, ScalerParams params, Op
 
 }  // namespace
 
-void CudaBackend::unscale_and_check(float* grad, std::int64_t count, StepControl* control) {
+void CudaBackend::check_gradients(const float* grad, std::int64_t count, StepControl* control) {
   if (planning()) return;
   double* partial = static_cast<double*>(scratch_);
   int* flags = reinterpret_cast<int*>(partial + kMaxPartials);
@@ -190,9 +188,8 @@ void CudaBackend::unscale_and_check(float* grad, std::int64_t count, StepControl
   if (count > 0) {
     const bool vec = aligned_to(grad, 16);
     const std::int64_t items = vec ? (count + 3) / 4 : count;
-    blocks = static_cast<int>(
-        std::min<std::int64_t>((items + kThreads - 1) / kThreads,
-                               std::min<std::int64_t>(kMaxPartials, sm_count_ * 8LL)));
+    blocks = static_cast<int>(std::min<std::int64_t>(
+        (items + kThreads - 1) / kThreads, std::min<std::int64_t>(kMaxPartials, sm_count_ * 8LL)));
     if (vec) {
       unscale_kernel<true><<<blocks, kThreads, 0, stream_>>>(grad, count, control, partial, flags);
     } else {
