@@ -5,6 +5,7 @@
 #include <string>
 #include <type_traits>
 
+#include "backends/cpu/cpu_convert.hpp"
 #include "core/half.hpp"
 #include "mixtrain/error.hpp"
 
@@ -12,27 +13,72 @@ namespace mixtrain {
 
 namespace {
 
+// One pass over a chunk at a time: the update loop has the optimizer kind and the slot count as
+// compile-time constants (so it vectorises), then the chunk's working copy is rounded in bulk.
+template <Optimizer K, int Slots, typename W>
+void update_range(const OptimizerDesc& d, const OptimizerStepScalars& sc, W* working) {
+  OptimizerHyper hyper = d.hyper;
+  hyper.kind = K;  // a constant the compiler folds the rule's switch on
+  float* __restrict const master = d.master;
+  const float* __restrict const grad = d.grad;
+  float* __restrict const s0 = d.state[0];
+  float* __restrict const s1 = d.state[1];
+  float* __restrict const s2 = d.state[2];
+  const std::int64_t count = d.count;
+  constexpr std::int64_t kChunk = 2048;
+  const std::int64_t chunks = (count + kChunk - 1) / kChunk;
+  // Small ranges cost more to fork threads for than to update.
+#pragma omp parallel for schedule(static) if (count >= 65536)
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    const std::int64_t begin = c * kChunk, end = std::min(count, begin + kChunk);
+    for (std::int64_t i = begin; i < end; ++i) {
+      float s[kMaxOptimizerSlots] = {};
+      if constexpr (Slots > 0) s[0] = s0[i];
+      if constexpr (Slots > 1) s[1] = s1[i];
+      if constexpr (Slots > 2) s[2] = s2[i];
+      float p = master[i];
+      optimizer_update_element(hyper, sc, p, grad[i], s);
+      master[i] = p;
+      if constexpr (Slots > 0) s0[i] = s[0];
+      if constexpr (Slots > 1) s1[i] = s[1];
+      if constexpr (Slots > 2) s2[i] = s[2];
+    }
+    if constexpr (!std::is_void_v<W>) cpu::narrow(master + begin, working + begin, end - begin);
+  }
+}
+
+template <Optimizer K, typename W>
+void update_kind(const OptimizerDesc& d, const OptimizerStepScalars& sc, W* working) {
+  switch (optimizer_state_slots(d.hyper)) {
+    case 0:
+      return update_range<K, 0>(d, sc, working);
+    case 1:
+      return update_range<K, 1>(d, sc, working);
+    case 2:
+      return update_range<K, 2>(d, sc, working);
+    default:
+      return update_range<K, 3>(d, sc, working);
+  }
+}
+
 // W is the working-copy element type, or void when there is none.
 template <typename W>
 void update_all(const OptimizerDesc& d, const OptimizerStepScalars& sc, W* working) {
-  const OptimizerHyper hyper = d.hyper;
-  const int slots = optimizer_state_slots(hyper);
-  float* const master = d.master;
-  const float* const grad = d.grad;
-  float* state[kMaxOptimizerSlots] = {};
-  for (int k = 0; k < slots; ++k) state[k] = d.state[k];
-  const std::int64_t count = d.count;
-
-  // Small ranges cost more to fork threads for than to update.
-#pragma omp parallel for schedule(static) if (count >= 16384)
-  for (std::int64_t i = 0; i < count; ++i) {
-    float s[kMaxOptimizerSlots] = {};
-    for (int k = 0; k < slots; ++k) s[k] = state[k][i];
-    float p = master[i];
-    optimizer_update_element(hyper, sc, p, grad[i], s);
-    master[i] = p;
-    for (int k = 0; k < slots; ++k) state[k][i] = s[k];
-    if constexpr (!std::is_void_v<W>) working[i] = store<W>(p);
+  switch (d.hyper.kind) {
+    case Optimizer::SGD:
+      return update_kind<Optimizer::SGD>(d, sc, working);
+    case Optimizer::Adam:
+      return update_kind<Optimizer::Adam>(d, sc, working);
+    case Optimizer::AdamW:
+      return update_kind<Optimizer::AdamW>(d, sc, working);
+    case Optimizer::RMSProp:
+      return update_kind<Optimizer::RMSProp>(d, sc, working);
+    case Optimizer::AdaGrad:
+      return update_kind<Optimizer::AdaGrad>(d, sc, working);
+    case Optimizer::AdaDelta:
+      return update_kind<Optimizer::AdaDelta>(d, sc, working);
+    case Optimizer::Nadam:
+      return update_kind<Optimizer::Nadam>(d, sc, working);
   }
 }
 
