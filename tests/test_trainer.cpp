@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "mixtrain/mixtrain.hpp"
+#include "train/optimizer_math.hpp"
 
 namespace mixtrain {
 namespace {
@@ -371,6 +372,62 @@ TEST(Trainer, WeightsSurviveASaveAndLoad) {
   Trainer other(mlp(32, 8, 4), cpu_config());
   EXPECT_THROW(other.load_weights(path), Error);
   std::filesystem::remove(path);
+}
+
+}  // namespace
+}  // namespace mixtrain
+
+namespace mixtrain {
+namespace {
+
+TEST(Schedule, FactorsFollowTheirDefinitions) {
+  ScheduleConfig s;
+  EXPECT_EQ(schedule_factor(s, 0), 1.0f);
+  EXPECT_EQ(schedule_factor(s, 12345), 1.0f);
+  s.kind = LrSchedule::Cosine;
+  s.total_steps = 100;
+  EXPECT_FLOAT_EQ(schedule_factor(s, 0), 1.0f);
+  EXPECT_NEAR(schedule_factor(s, 50), 0.5f, 1e-6f);
+  EXPECT_NEAR(schedule_factor(s, 100), 0.0f, 1e-6f);
+  EXPECT_NEAR(schedule_factor(s, 500), 0.0f, 1e-6f);  // stays at the floor after the run
+  s.min_factor = 0.1f;
+  EXPECT_NEAR(schedule_factor(s, 100), 0.1f, 1e-6f);
+  s = ScheduleConfig{};
+  s.kind = LrSchedule::StepDecay;
+  s.step_size = 10;
+  s.gamma = 0.5f;
+  EXPECT_EQ(schedule_factor(s, 9), 1.0f);
+  EXPECT_EQ(schedule_factor(s, 10), 0.5f);
+  EXPECT_EQ(schedule_factor(s, 25), 0.25f);
+  s = ScheduleConfig{};
+  s.warmup_steps = 4;
+  EXPECT_EQ(schedule_factor(s, 0), 0.25f);
+  EXPECT_EQ(schedule_factor(s, 3), 1.0f);
+  EXPECT_EQ(schedule_factor(s, 4), 1.0f);
+}
+
+TEST(Schedule, SgdStepsShrinkWithTheCosineSchedule) {
+  TrainerConfig c;
+  c.device = Device::CPU;
+  c.optimizer = Optimizer::SGD;
+  c.learning_rate = 0.01f;
+  c.loss = Loss::MeanSquaredError;
+  c.schedule.kind = LrSchedule::Cosine;
+  c.schedule.total_steps = 2;
+  Trainer t(ModelBuilder({4, 2}).dense(1).compile(), c);
+  const std::vector<float> x{1, 2, 3, 4, 5, 6, 7, 8}, y{1, 2, 3, 4};
+  const auto w0 = t.weights();
+  t.train_batch(x.data(), {4, 2}, y.data(), {4, 1});  // factor 1
+  const auto w1 = t.weights();
+  t.train_batch(x.data(), {4, 2}, y.data(), {4, 1});  // factor 0.5
+  t.train_batch(x.data(), {4, 2}, y.data(), {4, 1});  // factor 0: no change
+  const auto w2 = t.weights();
+  t.train_batch(x.data(), {4, 2}, y.data(), {4, 1});
+  EXPECT_NE(w0, w1);
+  EXPECT_EQ(t.weights(), w2);
+  TrainerConfig bad = c;
+  bad.schedule.total_steps = 0;
+  EXPECT_THROW(Trainer(ModelBuilder({4, 2}).dense(1).compile(), bad), ConfigError);
 }
 
 }  // namespace

@@ -11,3 +11,4 @@
 #include "mixtrain/shape.hpp"
 #include "mixtrain/trainer.hpp"
 #include "mixtrain/report.hpp"
+#include "mixtrain/schedule.hpp"

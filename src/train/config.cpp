@@ -141,6 +141,25 @@ Loss parse_loss(std::string_view name) {
                            {"huber", Loss::Huber}});
 }
 
+std::string_view lr_schedule_name(LrSchedule s) {
+  switch (s) {
+    case LrSchedule::Constant:
+      return "constant";
+    case LrSchedule::Cosine:
+      return "cosine";
+    case LrSchedule::StepDecay:
+      return "step";
+  }
+  return "?";
+}
+
+LrSchedule parse_lr_schedule(std::string_view name) {
+  return parse_name<LrSchedule>("learning-rate schedule", name,
+                                {{"constant", LrSchedule::Constant},
+                                 {"cosine", LrSchedule::Cosine},
+                                 {"step", LrSchedule::StepDecay}});
+}
+
 bool loss_takes_labels(Loss l) {
   return l == Loss::SparseCrossEntropy;
 }
@@ -175,6 +194,15 @@ void TrainerConfig::validate() const {
           "clip_grad_norm must be >= 0 (0 disables clipping), got " + num(clip_grad_norm));
   require(huber_delta > 0.0f, "huber_delta must be positive, got " + num(huber_delta));
   require(sync_interval >= 1, "sync_interval must be at least 1");
+  require(schedule.warmup_steps >= 0, "schedule.warmup_steps must be >= 0");
+  require(schedule.kind != LrSchedule::Cosine || schedule.total_steps > 0,
+          "schedule.total_steps must be positive for the cosine schedule (e.g. epochs x batches)");
+  require(schedule.min_factor >= 0.0f && schedule.min_factor <= 1.0f,
+          "schedule.min_factor must be in [0, 1], got " + num(schedule.min_factor));
+  require(schedule.kind != LrSchedule::StepDecay || schedule.step_size > 0,
+          "schedule.step_size must be positive for the step schedule");
+  require(schedule.gamma > 0.0f && schedule.gamma <= 1.0f,
+          "schedule.gamma must be in (0, 1], got " + num(schedule.gamma));
   auto beta = [](float b, const char* name) {
     require(b >= 0.0f && b < 1.0f, std::string(name) + " must be in [0, 1), got " + num(b));
   };

@@ -7,6 +7,7 @@
 
 #include "core/hd.hpp"
 #include "mixtrain/optim.hpp"
+#include "mixtrain/schedule.hpp"
 
 namespace mixtrain {
 
@@ -23,6 +24,7 @@ struct OptimizerHyper {
   AdagradOptions adagrad;
   AdadeltaOptions adadelta;
   NadamOptions nadam;
+  ScheduleConfig schedule;  // scales the learning rate by the number of applied steps
 };
 
 // Per-step values shared by all elements of one update.
@@ -42,6 +44,9 @@ int optimizer_state_slots(const OptimizerHyper& hyper);
 
 // Initial value of each state slot (AdaGrad's accumulator may start non-zero).
 float optimizer_state_init(const OptimizerHyper& hyper, int slot);
+
+// Learning-rate factor of the schedule for the step after `applied_steps` applied steps.
+MIXTRAIN_HD float schedule_factor(const ScheduleConfig& s, std::int32_t applied_steps);
 
 // Scalars of the step that follows `applied_steps` applied steps; `mu_product_before` is the
 // running product stored in StepControl::optimizer_scalar.

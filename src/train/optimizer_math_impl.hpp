@@ -38,10 +38,27 @@ MIXTRAIN_HD void adam_update(float beta1, float beta2, float epsilon,
 
 }  // namespace optimizer_detail
 
+MIXTRAIN_HD float schedule_factor(const ScheduleConfig& s, std::int32_t applied_steps) {
+  const float t = static_cast<float>(applied_steps);
+  float factor = 1.0f;
+  if (s.kind == LrSchedule::Cosine && s.total_steps > 0) {
+    const float progress = fminf(t / static_cast<float>(s.total_steps), 1.0f);
+    factor =
+        s.min_factor + (1.0f - s.min_factor) * 0.5f * (1.0f + cosf(3.14159265358979f * progress));
+  } else if (s.kind == LrSchedule::StepDecay && s.step_size > 0) {
+    factor = powf(s.gamma, floorf(t / static_cast<float>(s.step_size)));
+  }
+  if (s.warmup_steps > 0 && applied_steps < s.warmup_steps) {
+    factor *= (t + 1.0f) / static_cast<float>(s.warmup_steps);
+  }
+  return factor;
+}
+
 MIXTRAIN_HD OptimizerStepScalars optimizer_step_scalars(const OptimizerHyper& h, float lr,
                                                         float grad_factor,
                                                         std::int32_t applied_steps,
                                                         float mu_product_before) {
+  lr *= schedule_factor(h.schedule, applied_steps);
   OptimizerStepScalars sc{lr,   grad_factor, applied_steps + 1, 0.0f, 0.0f, mu_product_before,
                           1.0f, 1.0f};
   const float beta1 = h.kind == Optimizer::AdamW   ? h.adamw.beta1

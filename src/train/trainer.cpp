@@ -49,6 +49,7 @@ OptimizerHyper make_hyper(const TrainerConfig& c) {
   h.adagrad = c.adagrad;
   h.adadelta = c.adadelta;
   h.nadam = c.nadam;
+  h.schedule = c.schedule;
   return h;
 }
 

@@ -36,6 +36,10 @@ int run_compare(const CompareOptions& o) {
   const LoadedData data = load_data(o.data);
   const Model model = compile(resolve_model(o.model, o.batch_size));
   check_model_fits(model, data.train, o.model);
+  const auto batches =
+      static_cast<std::int64_t>((data.train.size() + static_cast<std::size_t>(o.batch_size) - 1) /
+                                static_cast<std::size_t>(o.batch_size));
+  for (TrainerConfig& config : configs) apply_schedule(config, o.trainer, batches * o.epochs);
   std::printf("dataset: %s\n", data.description.c_str());
   std::printf("model: %s (%lld parameters), batch size %lld, %d epoch(s), seed %llu\n",
               o.model.c_str(), static_cast<long long>(model.parameter_count()),

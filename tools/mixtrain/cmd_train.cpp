@@ -36,7 +36,7 @@ void check_output(const std::string& path, const std::string& flag) {
 }
 
 int run_train(const TrainOptions& o) {
-  const TrainerConfig config = make_config(o.trainer);  // bad flags fail before data loads
+  TrainerConfig config = make_config(o.trainer);  // bad flags fail before data loads
   check_output(o.save_weights, "--save-weights");
   check_output(o.save_spec, "--save-spec");
   check_output(o.history, "--history");
@@ -50,6 +50,10 @@ int run_train(const TrainOptions& o) {
   const ModelSpec spec = resolve_model(o.model, o.batch_size);
   const Model model = compile(spec);
   check_model_fits(model, data.train.size() > 0 ? data.train : data.test, o.model);
+  const auto batches =
+      static_cast<std::int64_t>((data.train.size() + static_cast<std::size_t>(o.batch_size) - 1) /
+                                static_cast<std::size_t>(o.batch_size));
+  apply_schedule(config, o.trainer, batches * o.epochs);
   Trainer trainer(model, config);
   if (!o.quiet) {
     std::printf("%s", model.summary().c_str());

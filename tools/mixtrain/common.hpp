@@ -74,6 +74,8 @@ struct TrainerFlags {
   float initial_scale = 65536.0f;
   std::int32_t growth_interval = 2000;
   float clip_grad_norm = 0.0f;
+  std::string lr_schedule = "constant";
+  std::int32_t warmup_steps = 0;
 };
 
 // Adds --optimizer, --lr, --weight-decay, --seed, --device, the loss-scale flags and
@@ -81,6 +83,8 @@ struct TrainerFlags {
 void add_trainer_flags(CLI::App& app, TrainerFlags& flags, bool with_precision);
 // Throws ConfigError naming the bad value.
 TrainerConfig make_config(const TrainerFlags& flags);
+// Sets the learning-rate schedule once the run's length is known (steps = epochs x batches).
+void apply_schedule(TrainerConfig& config, const TrainerFlags& flags, std::int64_t steps);
 // "device=cpu precision=fp16 loss-scale=dynamic(initial 65536, growth every 2000) ..."
 std::string describe_config(const TrainerConfig& config, const std::string& device);
 

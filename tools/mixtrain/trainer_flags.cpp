@@ -1,6 +1,8 @@
 // The flags that make a TrainerConfig, shared by train, compare and eval.
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "common.hpp"
 #include "mixtrain/error.hpp"
 
@@ -54,6 +56,15 @@ void add_trainer_flags(CLI::App& app, TrainerFlags& f, bool with_precision) {
   app.add_option("--growth-interval", f.growth_interval,
                  "dynamic scaling: clean steps before the scale doubles")
       ->capture_default_str();
+  app.add_option("--lr-schedule", f.lr_schedule,
+                 "learning-rate schedule over the run: constant, cosine (decays to 0 by the last "
+                 "step) or step (x0.1 every third of the run)")
+      ->capture_default_str()
+      ->check(
+          parsed_by([](const std::string& s) { parse_lr_schedule(s); }, "constant|cosine|step"));
+  app.add_option("--warmup-steps", f.warmup_steps,
+                 "linear learning-rate warm-up over this many steps; 0: none")
+      ->capture_default_str();
   app.add_option("--clip-grad-norm", f.clip_grad_norm,
                  "clip the global L2 norm of the (unscaled) gradients to this value; 0: off")
       ->capture_default_str();
@@ -71,8 +82,18 @@ TrainerConfig make_config(const TrainerFlags& f) {
   c.loss_scale.initial = f.initial_scale;
   c.loss_scale.growth_interval = f.growth_interval;
   c.clip_grad_norm = f.clip_grad_norm;
+  c.schedule.warmup_steps = f.warmup_steps;
+  parse_lr_schedule(f.lr_schedule);  // the schedule itself is set once the run length is known
   c.validate();
   return c;
+}
+
+void apply_schedule(TrainerConfig& c, const TrainerFlags& f, std::int64_t steps) {
+  c.schedule.kind = parse_lr_schedule(f.lr_schedule);
+  const auto total = static_cast<std::int32_t>(std::max<std::int64_t>(steps, 1));
+  c.schedule.total_steps = total;
+  c.schedule.step_size = std::max(1, total / 3);
+  c.validate();
 }
 
 std::string describe_config(const TrainerConfig& c, const std::string& device) {
@@ -86,10 +107,11 @@ std::string describe_config(const TrainerConfig& c, const std::string& device) {
     scale += fmt::format("({:g})", c.loss_scale.initial);
   }
   return fmt::format(
-      "device={} precision={} loss-scale={} optimizer={} lr={:g} weight-decay={:g} "
+      "device={} precision={} loss-scale={} optimizer={} lr={:g} lr-schedule={} weight-decay={:g} "
       "clip-grad-norm={} seed={}",
       device, precision_name(p), scale, optimizer_name(c.optimizer), c.learning_rate,
-      c.weight_decay, c.clip_grad_norm > 0 ? fmt::format("{:g}", c.clip_grad_norm) : "off", c.seed);
+      lr_schedule_name(c.schedule.kind), c.weight_decay,
+      c.clip_grad_norm > 0 ? fmt::format("{:g}", c.clip_grad_norm) : "off", c.seed);
 }
 
 }  // namespace mixtrain::cli
