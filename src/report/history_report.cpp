@@ -22,7 +22,7 @@ std::string history_csv(const std::vector<StepStats>& history) {
 
 namespace {
 
-constexpr double kWidth = 900, kPanel = 200, kGap = 50, kLeft = 80, kRight = 20, kTop = 40;
+constexpr double kWidth = 900, kPanel = 200, kGap = 50, kLeft = 80, kRight = 20, kTop = 60;
 
 std::string escape(const std::string& s) {
   std::string out;
