@@ -3,6 +3,7 @@
 #include <map>
 #include <set>
 
+#include "graph/fuse.hpp"
 #include "mixtrain/error.hpp"
 
 namespace mixtrain::graph {
@@ -82,6 +83,7 @@ std::shared_ptr<Graph> build(const ModelSpec& spec) {
   const auto it = index.find(out);
   if (it == index.end()) throw ConfigError("model output '" + out + "' is not a layer");
   g->output = it->second;
+  if (fusion_enabled()) fuse(*g);
   return g;
 }
 

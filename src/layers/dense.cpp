@@ -1,5 +1,7 @@
-// Dense (fully connected) over the last dimension: y = x W^T + b, W [units, in], b [units].
+// Dense (fully connected) over the last dimension: y = act(x W^T + b), W [units, in], b [units].
 #include "layers/dense.hpp"
+
+#include "mixtrain/error.hpp"
 
 namespace mixtrain {
 
@@ -19,6 +21,22 @@ std::vector<ParamDecl> Dense::params(const std::vector<Shape>& in) const {
   return p;
 }
 
+std::vector<BufferDecl> Dense::buffers(const std::vector<Shape>& in,
+                                       std::int64_t max_batch) const {
+  if (activation_ == Activation::Identity) return {};
+  const std::int64_t per_sample = numel(in[0]) / in[0].back();
+  return {{"pre_activation", {max_batch * per_sample, units_}, DType::F32, false, 0.0f}};
+}
+
+Buf Dense::scratch(const std::vector<Buf>& buffers, DType dtype) const {
+  if (buffers.empty() || !buffers[0] || dtype_size(buffers[0].dtype) < dtype_size(dtype)) {
+    throw Error("internal: dense layer '" + name() +
+                "' has a fused activation and needs its pre_activation buffer for " +
+                std::string(dtype_name(dtype)) + " values");
+  }
+  return Buf{buffers[0].ptr, dtype};
+}
+
 void Dense::forward(const ForwardArgs& a) const {
   const std::int64_t in = in_shape().back();
   GemmDesc g;
@@ -34,34 +52,55 @@ void Dense::forward(const ForwardArgs& a) const {
   g.ldc = units_;
   if (bias_) g.bias = a.params[1];
   g.allow_tf32 = a.allow_tf32;
+  g.epilogue = activation_;
+  // GELU's derivative needs the pre-activation; ReLU's comes from the output (y > 0).
+  if (activation_ == Activation::GELUTanh && a.training) {
+    g.aux = scratch(a.buffers, a.output.dtype);
+  }
   a.backend.gemm(g);
 }
 
 void Dense::backward(const BackwardArgs& a) const {
   const std::int64_t in = in_shape().back();
   const std::int64_t m = rows(a.batch);
-  GemmDesc dw;  // dW = dy^T x, fp32 (grad_param_dtype) from compute-dtype operands
+  // The gradient of the pre-activation z: dy itself, or dy * act'(z) in the scratch buffer.
+  CBuf dz = a.grad_output;
+  if (activation_ != Activation::Identity) {
+    const Buf s = scratch(a.buffers, a.grad_output.dtype);
+    if (activation_ == Activation::ReLU) {
+      // relu'(z) = (z > 0) = (y > 0): the output stands in for z (bit-identical derivative).
+      a.backend.activation_backward(Activation::ReLU, 0.0f, a.output, a.output, a.grad_output, s,
+                                    m * units_, false);
+    } else {
+      // In place over the pre-activation the forward pass stored.
+      a.backend.activation_backward(activation_, 0.0f, s, a.output, a.grad_output, s,
+                                    m * units_, false);
+    }
+    dz = s;
+  }
+  GemmDesc dw;  // dW = dz^T x, fp32 (grad_param_dtype) from compute-dtype operands; db fused
   dw.trans_a = true;
   dw.m = units_;
   dw.n = in;
   dw.k = m;
-  dw.a = a.grad_output;
+  dw.a = dz;
   dw.lda = units_;
   dw.b = a.inputs[0];
   dw.ldb = in;
   dw.c = Buf{a.grad_params[0], a.grad_param_dtype};
   dw.ldc = in;
   dw.allow_tf32 = a.allow_tf32;
-  a.backend.gemm(dw);
-  if (bias_) {
-    a.backend.bias_grad(a.grad_output, Buf{a.grad_params[1], a.grad_param_dtype}, m, units_, false);
+  if (bias_) {  // db = sum over rows of dz: the column sums of A
+    dw.bias_grad = Buf{a.grad_params[1], a.grad_param_dtype};
+    dw.bias_grad_operand = GemmOperand::A;
   }
+  a.backend.gemm(dw);
   if (a.grad_inputs[0]) {
-    GemmDesc dx;  // dx = dy W
+    GemmDesc dx;  // dx = dz W
     dx.m = m;
     dx.n = in;
     dx.k = units_;
-    dx.a = a.grad_output;
+    dx.a = dz;
     dx.lda = units_;
     dx.b = a.params[0];
     dx.ldb = in;

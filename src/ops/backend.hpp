@@ -23,9 +23,29 @@
 
 namespace mixtrain {
 
+// Which operand a GEMM's fused bias gradient sums (GemmDesc::bias_grad).
+enum class GemmOperand : std::uint8_t { A, B };
+
 // C[m, n] = alpha * op(A)[m, k] * op(B)[k, n] + beta * C (+ bias[n] broadcast over rows), all
 // row-major, accumulated in fp32. A and B must have the same dtype; C may differ (fp32 weight
 // gradients from fp16 operands). batch > 1 runs strided batched products.
+//
+// Fused epilogues (check_gemm_epilogue() below enforces these rules):
+// - epilogue (Identity, ReLU or GELUTanh; batch == 1 and beta == 0 unless Identity): with
+//   z = alpha * op(A) op(B) + bias in fp32, C = epilogue(z), computed in fp32 and rounded once
+//   to C's dtype.
+// - aux (only with an epilogue other than Identity): aux = z rounded to C's dtype, [m, ldc] in
+//   C's dtype and layout: the pre-activation a backward pass needs (GELU). ReLU needs none:
+//   relu'(z) = (C > 0).
+// - bias_grad (batch == 1; F32, or F64 on the CPU backend's F64 path), overwritten: the column
+//   sums of one stored operand, independent of alpha, beta and C:
+//     bias_grad_operand A: A stored as a dense [k, m] matrix (trans_a, lda == m),
+//                          bias_grad[i] = sum over p < k of op(A)[i, p], i < m;
+//     bias_grad_operand B: B stored as a dense [k, n] matrix (!trans_b, ldb == n),
+//                          bias_grad[j] = sum over p < k of op(B)[p, j], j < n.
+//   For dW = dy^T x (A = dy [rows, units], trans_a) it is a dense layer's bias gradient, the
+//   sum over rows of dy; cuBLASLt calls it BGRADB (our A is its B). Summed in fp32 (double for
+//   F64) from the stored values; the CPU adds p in increasing order, exactly like bias_grad().
 struct GemmDesc {
   bool trans_a = false;
   bool trans_b = false;
@@ -41,7 +61,15 @@ struct GemmDesc {
   CBuf bias;  // optional, [n], added before storing (only with beta == 0)
   std::int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
   bool allow_tf32 = false;  // fp32 operands may use TF32 tensor cores
+  Activation epilogue = Activation::Identity;  // applied after the bias (see above)
+  Buf aux;                                     // optional pre-activation output (see above)
+  Buf bias_grad;                               // optional fused bias gradient (see above)
+  GemmOperand bias_grad_operand = GemmOperand::A;
 };
+
+// Throws Error("internal: ...") when a GemmDesc asks for an epilogue, aux or bias_grad outside
+// the cases above. Both backends call it.
+void check_gemm_epilogue(const GemmDesc& desc);
 
 // Mean loss over rows (and over cols for the element-wise losses), computed in fp32.
 struct LossDesc {

@@ -6,6 +6,7 @@
 #include "backends/cpu/cpu_backend.hpp"
 #include "backends/cpu/cpu_convert.hpp"
 #include "backends/cpu/cpu_dispatch.hpp"
+#include "ops/activation_math.hpp"
 
 namespace mixtrain::cpu {
 
@@ -45,6 +46,16 @@ void gemm_f64(const GemmDesc& d) {
     cblas_dgemm(CblasRowMajor, ta, tb, static_cast<int>(d.m), static_cast<int>(d.n),
                 static_cast<int>(d.k), d.alpha, pa, static_cast<int>(d.lda), pb,
                 static_cast<int>(d.ldb), beta, pc, static_cast<int>(d.ldc));
+    if (d.epilogue == Activation::Identity) continue;
+    if (d.aux) {
+      double* aux = as<double>(d.aux.ptr) + batch * d.stride_c;
+      for (std::int64_t r = 0; r < d.m; ++r) std::copy_n(pc + r * d.ldc, d.n, aux + r * d.ldc);
+    }
+    for (std::int64_t r = 0; r < d.m; ++r) {
+      for (std::int64_t c = 0; c < d.n; ++c) {
+        pc[r * d.ldc + c] = activation_value(d.epilogue, 0.0f, pc[r * d.ldc + c]);
+      }
+    }
   }
 }
 
@@ -74,10 +85,16 @@ void CpuBackend::gemm(const GemmDesc& d) {
     throw Error("internal: gemm operands differ in dtype (" + std::string(dtype_name(d.a.dtype)) +
                 " and " + std::string(dtype_name(d.b.dtype)) + ")");
   }
+  check_gemm_epilogue(d);
+  if (d.bias_grad) {  // the column sums of the stored operand: exactly bias_grad()'s sums
+    const bool of_a = d.bias_grad_operand == GemmOperand::A;
+    bias_grad(of_a ? d.a : d.b, d.bias_grad, d.k, of_a ? d.m : d.n, false);
+  }
   if (d.a.dtype == DType::F64 || d.c.dtype == DType::F64) {
     gemm_f64(d);
     return;
   }
+  const Activation act = d.epilogue;
   const std::int64_t a_rows = d.trans_a ? d.k : d.m, a_cols = d.trans_a ? d.m : d.k;
   const std::int64_t b_rows = d.trans_b ? d.n : d.k, b_cols = d.trans_b ? d.k : d.n;
   const bool wide = d.a.dtype == DType::F32;
@@ -117,15 +134,25 @@ void CpuBackend::gemm(const GemmDesc& d) {
       cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(d.m), static_cast<int>(d.n),
                   static_cast<int>(d.k), d.alpha, pa, static_cast<int>(lda), pb,
                   static_cast<int>(ldb), beta, pc, static_cast<int>(d.ldc));
+      if (act == Activation::Identity) continue;
+      // The epilogue on the fp32 result z: aux = z, C = act(z), in the activation layers' math.
+      float* aux = d.aux ? static_cast<float*>(d.aux.ptr) + batch * d.stride_c : nullptr;
+#pragma omp parallel for schedule(static) if (d.m * d.n >= kParallelMin)
+      for (std::int64_t r = 0; r < d.m; ++r) {
+        float* row = pc + r * d.ldc;
+        if (aux != nullptr) std::copy_n(row, d.n, aux + r * d.ldc);
+        for (std::int64_t c = 0; c < d.n; ++c) row[c] = activation_value(act, 0.0f, row[c]);
+      }
       continue;
     }
     cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(d.m), static_cast<int>(d.n),
                 static_cast<int>(d.k), d.alpha, pa, static_cast<int>(lda), pb,
                 static_cast<int>(ldb), 0.0f, c32, static_cast<int>(d.n));
-    // Epilogue in fp32, one rounding to the output type.
+    // Epilogue in fp32, one rounding to the output type (and one to aux's, of z).
     dispatch_float(d.c.dtype, [&](auto t) {
       using T = decltype(t);
       T* pc = as<T>(d.c.ptr) + batch * d.stride_c;
+      T* aux = d.aux ? as<T>(d.aux.ptr) + batch * d.stride_c : nullptr;
       std::vector<float> bias32;
       if (d.bias) {
         bias32.resize(static_cast<std::size_t>(d.n));
@@ -144,6 +171,10 @@ void CpuBackend::gemm(const GemmDesc& d) {
         }
         if (!bias32.empty()) {
           for (std::int64_t c = 0; c < d.n; ++c) acc[c] += bias32[static_cast<std::size_t>(c)];
+        }
+        if (act != Activation::Identity) {
+          if (aux != nullptr) narrow(acc, aux + r * d.ldc, d.n);
+          for (std::int64_t c = 0; c < d.n; ++c) acc[c] = activation_value(act, 0.0f, acc[c]);
         }
         narrow(acc, out, d.n);
       }

@@ -63,6 +63,8 @@ CudaBackend::CudaBackend() {
   }
   const char* graphs = std::getenv("MIXTRAIN_CUDA_GRAPHS");
   graphs_enabled_ = !(graphs != nullptr && std::strcmp(graphs, "0") == 0);
+  const char* epilogues = std::getenv("MIXTRAIN_CUDA_FUSED_EPILOGUES");
+  fused_epilogues_ = !(epilogues != nullptr && std::strcmp(epilogues, "0") == 0);
 }
 
 CudaBackend::~CudaBackend() {

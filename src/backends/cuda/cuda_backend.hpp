@@ -20,7 +20,7 @@
 namespace mixtrain::cuda {
 
 // Every field of a GEMM that changes the cuBLASLt descriptors or the algorithm choice.
-using GemmKey = std::array<std::int64_t, 20>;
+using GemmKey = std::array<std::int64_t, 27>;
 struct GemmKeyHash {
   std::size_t operator()(const GemmKey& k) const noexcept;
 };
@@ -91,9 +91,13 @@ class CudaBackend final : public Backend {
   // Blocks for a grid-stride kernel over `items` work items of `threads` threads each.
   unsigned grid_for(std::int64_t items, int threads) const;
 
-  GemmPlan& gemm_plan(const GemmDesc& d, bool bias_epilogue);
-  // C = beta * C + bias over every row (gemm with k == 0, and the bias seed of the fallback).
-  void gemm_epilogue_only(const GemmDesc& d, float beta, bool with_bias);
+  // The cached plan of a GEMM: the most fused epilogue cuBLASLt has an algorithm for.
+  GemmPlan& gemm_plan(const GemmDesc& d);
+  // target = beta * C + bias over every row (target is C or aux, laid out as C; gemm with
+  // k == 0, and the bias seed of the fallback). beta == 0 never reads C.
+  void gemm_epilogue_only(const GemmDesc& d, Buf target, float beta, bool with_bias);
+  // C = d.epilogue(z) over C's m x n elements, z laid out as C (z may be C: in place).
+  void gemm_activation(const GemmDesc& d, CBuf z);
 
   // Staging ring for upload(): the host copy is taken before upload() returns.
   struct PendingCopy {
@@ -124,6 +128,9 @@ class CudaBackend final : public Backend {
   std::vector<cudaEvent_t> spare_events_;
 
   bool graphs_enabled_ = true;
+  // cuBLASLt activation and bias-gradient epilogues (false when MIXTRAIN_CUDA_FUSED_EPILOGUES=0:
+  // separate kernels instead, for debugging and A/B timing).
+  bool fused_epilogues_ = true;
   bool planning_ = false;
   bool capturing_ = false;
   std::unordered_map<std::string, cudaGraphExec_t> graphs_;

@@ -22,11 +22,11 @@ __device__ __forceinline__ float apply_at(const F& f, std::int64_t i, const V& v
 }
 
 // out[i] (+)= f(i, in_0[i], in_1[i], ...) for i < n. N: elements per thread per iteration (1, or
-// a 16-byte pack of the narrowest type when every pointer is aligned for it).
+// a 16-byte pack of the narrowest type when every pointer is aligned for it). Each element is
+// read and then written by the same thread, so an input may be the output buffer itself.
 template <int N, typename TO, typename F, typename... TI>
-__global__ void __launch_bounds__(kThreads)
-    map_kernel(F f, TO* __restrict__ out, bool accumulate, std::int64_t n,
-               const TI* __restrict__... in) {
+__device__ __forceinline__ void map_body(const F& f, TO* out, bool accumulate, std::int64_t n,
+                                         const TI*... in) {
   constexpr int kIn = static_cast<int>(sizeof...(TI));
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x * N;
   for (std::int64_t base = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * N;
@@ -54,7 +54,23 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Launches map_kernel with 16-byte packs when all pointers are aligned for them.
+// Distinct buffers: __restrict__ lets the compiler use the read-only data path.
+template <int N, typename TO, typename F, typename... TI>
+__global__ void __launch_bounds__(kThreads)
+    map_kernel(F f, TO* __restrict__ out, bool accumulate, std::int64_t n,
+               const TI* __restrict__... in) {
+  map_body<N>(f, out, accumulate, n, in...);
+}
+
+// In place (an input is the output): no __restrict__ promise.
+template <int N, typename TO, typename F, typename... TI>
+__global__ void __launch_bounds__(kThreads)
+    map_kernel_in_place(F f, TO* out, bool accumulate, std::int64_t n, const TI*... in) {
+  map_body<N>(f, out, accumulate, n, in...);
+}
+
+// Launches map_kernel with 16-byte packs when all pointers are aligned for them. Inputs must be
+// either distinct from the output or the output buffer itself (not a shifted view of it).
 template <typename TO, typename F, typename... TI>
 void launch_map(cudaStream_t stream, unsigned blocks_cap, F f, TO* out, bool accumulate,
                 std::int64_t n, const TI*... in) {
@@ -62,11 +78,18 @@ void launch_map(cudaStream_t stream, unsigned blocks_cap, F f, TO* out, bool acc
   constexpr std::size_t kMin = std::min({sizeof(TO), sizeof(TI)...});
   constexpr int kN = static_cast<int>(16 / kMin);
   const bool vector = aligned_to(out, sizeof(TO) * kN) && (aligned_to(in, sizeof(TI) * kN) && ...);
+  const bool in_place = ((static_cast<const void*>(in) == static_cast<const void*>(out)) || ...);
   const int per_thread = vector ? kN : 1;
   const std::int64_t items = (n + per_thread - 1) / per_thread;
   const std::int64_t want = (items + kThreads - 1) / kThreads;
   const unsigned blocks = static_cast<unsigned>(want < blocks_cap ? want : blocks_cap);
-  if (vector) {
+  if (in_place) {
+    if (vector) {
+      map_kernel_in_place<kN><<<blocks, kThreads, 0, stream>>>(f, out, accumulate, n, in...);
+    } else {
+      map_kernel_in_place<1><<<blocks, kThreads, 0, stream>>>(f, out, accumulate, n, in...);
+    }
+  } else if (vector) {
     map_kernel<kN><<<blocks, kThreads, 0, stream>>>(f, out, accumulate, n, in...);
   } else {
     map_kernel<1><<<blocks, kThreads, 0, stream>>>(f, out, accumulate, n, in...);
@@ -126,6 +149,20 @@ __global__ void fill_i32_kernel(std::int32_t* x, std::int64_t n, std::int32_t va
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += stride) {
     x[i] = value;
+  }
+}
+
+// out[r, c] = act(in[r, c]) over an m x n matrix with leading dimension ld. No __restrict__:
+// in may be out (each element is read, then written, by one thread).
+template <typename T>
+__global__ void activation_rows_kernel(Activation act, const T* in, T* out, std::int64_t m,
+                                       std::int64_t n, std::int64_t ld) {
+  const std::int64_t total = m * n;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       i < total; i += stride) {
+    const std::int64_t at = (i / n) * ld + i % n;
+    out[at] = Dev<T>::store(activation_value(act, 0.0f, Dev<T>::load(in[at])));
   }
 }
 
@@ -241,7 +278,7 @@ void CudaBackend::dropout_backward(float rate, std::uint64_t salt, CBuf dy, Buf 
   });
 }
 
-void CudaBackend::gemm_epilogue_only(const GemmDesc& d, float beta, bool with_bias) {
+void CudaBackend::gemm_epilogue_only(const GemmDesc& d, Buf target, float beta, bool with_bias) {
   if (planning()) return;
   dispatch_float(d.c.dtype, "gemm", [&](auto tc) {
     using TC = decltype(tc);
@@ -250,11 +287,35 @@ void CudaBackend::gemm_epilogue_only(const GemmDesc& d, float beta, bool with_bi
       using TB = decltype(tb);
       const std::int64_t total = d.batch * d.m * d.n;
       if (total <= 0) return;
+      // beta * C comes from C itself; the target (C or aux) only receives the result.
+      if (beta != 0.0f && target.ptr != d.c.ptr) {
+        throw Error("internal: gemm epilogue with beta != 0 into a buffer other than C");
+      }
       epilogue_kernel<<<grid_for(total, kThreads), kThreads, 0, stream_>>>(
-          static_cast<TC*>(d.c.ptr), d.m, d.n, d.ldc, d.batch, d.stride_c, beta,
+          static_cast<TC*>(target.ptr), d.m, d.n, d.ldc, d.batch, d.stride_c, beta,
           with_bias ? static_cast<const TB*>(d.bias.ptr) : nullptr);
       MIXTRAIN_CUDA_LAUNCH_CHECK("epilogue_kernel");
     });
+  });
+}
+
+void CudaBackend::gemm_activation(const GemmDesc& d, CBuf z) {
+  if (planning()) return;
+  require_same(z.dtype, d.c.dtype, "gemm activation");
+  dispatch_float(d.c.dtype, "gemm activation", [&](auto t) {
+    using T = decltype(t);
+    const std::int64_t total = d.m * d.n;
+    if (total <= 0) return;
+    T* out = static_cast<T*>(d.c.ptr);
+    const T* in = static_cast<const T*>(z.ptr);
+    if (d.ldc == d.n) {  // contiguous: the element-wise kernel (in place when z is C)
+      launch_map(stream_, grid_for(total, kThreads), ActForward{d.epilogue, 0.0f}, out, false,
+                 total, in);
+      return;
+    }
+    activation_rows_kernel<<<grid_for(total, kThreads), kThreads, 0, stream_>>>(
+        d.epilogue, in, out, d.m, d.n, d.ldc);
+    MIXTRAIN_CUDA_LAUNCH_CHECK("activation_rows_kernel");
   });
 }
 

@@ -5,6 +5,7 @@
 // the same algorithms.
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "backends/cuda/cuda_backend.hpp"
 #include "backends/cuda/cuda_check.hpp"
@@ -16,9 +17,12 @@ struct GemmPlan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr;  // cuBLASLt's A: our B
   cublasLtMatrixLayout_t b = nullptr;  // cuBLASLt's B: our A
-  cublasLtMatrixLayout_t c = nullptr;  // C and D
+  cublasLtMatrixLayout_t c = nullptr;  // C and D (and aux: same dtype and layout)
   cublasLtMatmulAlgo_t algo{};
-  bool bias_epilogue = false;  // false: the bias (if any) is added by gemm_epilogue_only
+  // What cuBLASLt's epilogue does; the rest of what the GemmDesc asks for is done apart:
+  bool bias_fused = false;  // false: the bias (if any) is seeded by gemm_epilogue_only
+  bool act_fused = false;   // false: the activation (if any) runs after, from D
+  bool bgrad_fused = false; // false: the bias gradient (if any) is a bias_grad() call
 
   ~GemmPlan() {
     if (c != nullptr) (void)cublasLtMatrixLayoutDestroy(c);
@@ -98,12 +102,62 @@ std::string describe(const GemmDesc& d) {
          " ldb=" + std::to_string(d.ldb) + " ldc=" + std::to_string(d.ldc) + " batch=" +
          std::to_string(d.batch) + " operands " + std::string(dtype_name(d.a.dtype)) +
          " output " + std::string(dtype_name(d.c.dtype)) +
-         (d.bias ? " bias " + std::string(dtype_name(d.bias.dtype)) : std::string());
+         (d.bias ? " bias " + std::string(dtype_name(d.bias.dtype)) : std::string()) +
+         (d.epilogue != Activation::Identity
+              ? " activation " + std::to_string(static_cast<int>(d.epilogue))
+              : std::string()) +
+         (d.aux ? " aux" : "") + (d.bias_grad ? " bias_grad" : "");
+}
+
+// The parts of a GemmDesc's epilogue that one cuBLASLt epilogue performs.
+struct Fusion {
+  bool bias = false, act = false, bgrad = false;
+  bool operator==(const Fusion&) const = default;
+};
+
+cublasLtEpilogue_t epilogue_of(const GemmDesc& d, const Fusion& f) {
+  if (f.act) {
+    if (d.epilogue == Activation::ReLU) return f.bias ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
+    if (d.aux) return f.bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
+    return f.bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU;
+  }
+  if (f.bgrad) {
+    // cuBLASLt's B is our A: BGRADB sums our A over k, BGRADA our B.
+    return d.bias_grad_operand == GemmOperand::A ? CUBLASLT_EPILOGUE_BGRADB
+                                                 : CUBLASLT_EPILOGUE_BGRADA;
+  }
+  return f.bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+}
+
+// The fusions to try, most fused first; the last fuses nothing and always exists.
+// - The bias epilogue takes a bias of C's type only.
+// - ReLU needs no aux (the backward pass reads C); with an aux it is applied apart, after the
+//   product is written to aux.
+// - cuBLASLt's GELU may evaluate tanh with a fast approximation: it is fused only for fp16/bf16
+//   outputs, whose rounding (2^-11, 2^-8 relative) is at least that error; an fp32 output gets
+//   the exact tanhf of the activation kernels. Its aux needs a leading dimension divisible by 8.
+// - The bias gradient epilogue shares the bias pointer, so it is fused only without a bias and
+//   without an activation, with alpha == 1 and beta == 0 (what BGRADA/BGRADB assume).
+// - MIXTRAIN_CUDA_FUSED_EPILOGUES=0 (fused_epilogues false) keeps only the bias epilogue.
+std::vector<Fusion> candidates(const GemmDesc& d, bool fused_epilogues) {
+  Fusion full;
+  full.bias = d.bias && d.bias.dtype == d.c.dtype;
+  full.act = fused_epilogues &&
+             ((d.epilogue == Activation::ReLU && !d.aux) ||
+              (d.epilogue == Activation::GELUTanh && d.c.dtype != DType::F32 &&
+               (!d.aux || d.ldc % 8 == 0)));
+  full.bgrad = fused_epilogues && d.bias_grad && !d.bias && d.epilogue == Activation::Identity &&
+               d.alpha == 1.0f && d.beta == 0.0f && d.bias_grad.dtype == DType::F32;
+  std::vector<Fusion> out{full};
+  const Fusion bias_only{full.bias, false, false};
+  if (!(bias_only == out.back())) out.push_back(bias_only);
+  if (!(Fusion{} == out.back())) out.push_back(Fusion{});
+  return out;
 }
 
 }  // namespace
 
-GemmPlan& CudaBackend::gemm_plan(const GemmDesc& d, bool bias_epilogue) {
+GemmPlan& CudaBackend::gemm_plan(const GemmDesc& d) {
   const cudaDataType_t ab_type = cuda_type(d.a.dtype, "operands");
   const cudaDataType_t c_type = cuda_type(d.c.dtype, "output");
   const bool batched = d.batch > 1;
@@ -112,7 +166,9 @@ GemmPlan& CudaBackend::gemm_plan(const GemmDesc& d, bool bias_epilogue) {
   const std::int64_t align_a = alignment(d.a.ptr, d.stride_a, ab_size, batched);
   const std::int64_t align_b = alignment(d.b.ptr, d.stride_b, ab_size, batched);
   const std::int64_t align_c = alignment(d.c.ptr, d.stride_c, c_size, batched);
-  const std::int64_t align_bias = bias_epilogue ? alignment(d.bias.ptr, 0, 1, false) : 0;
+  const std::int64_t align_bias = d.bias ? alignment(d.bias.ptr, 0, 1, false) : 0;
+  const std::int64_t align_aux = d.aux ? alignment(d.aux.ptr, 0, 1, false) : 0;
+  const std::int64_t align_bgrad = d.bias_grad ? alignment(d.bias_grad.ptr, 0, 1, false) : 0;
   const GemmKey key{d.trans_a,
                     d.trans_b,
                     d.m,
@@ -123,7 +179,7 @@ GemmPlan& CudaBackend::gemm_plan(const GemmDesc& d, bool bias_epilogue) {
                     d.ldc,
                     static_cast<std::int64_t>(d.a.dtype),
                     static_cast<std::int64_t>(d.c.dtype),
-                    bias_epilogue ? 1 + static_cast<std::int64_t>(d.bias.dtype) : 0,
+                    d.bias ? 1 + static_cast<std::int64_t>(d.bias.dtype) : 0,
                     d.batch,
                     batched ? d.stride_a : 0,
                     batched ? d.stride_b : 0,
@@ -132,17 +188,21 @@ GemmPlan& CudaBackend::gemm_plan(const GemmDesc& d, bool bias_epilogue) {
                     align_a,
                     align_b,
                     align_c,
-                    align_bias};
+                    align_bias,
+                    static_cast<std::int64_t>(d.epilogue),
+                    align_aux,
+                    d.bias_grad ? 1 + static_cast<std::int64_t>(d.bias_grad_operand) : 0,
+                    d.bias_grad ? 1 + static_cast<std::int64_t>(d.bias_grad.dtype) : 0,
+                    align_bgrad,
+                    d.alpha == 1.0f,
+                    d.beta == 0.0f};
   const auto found = gemm_plans_.find(key);
   if (found != gemm_plans_.end()) return *found->second;
 
   std::unique_ptr<GemmPlan, GemmPlanDeleter> plan(new GemmPlan);
   const cublasComputeType_t compute = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  MIXTRAIN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->op, compute, CUDA_R_32F));
   const cublasOperation_t op_a = d.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt's A = our B
   const cublasOperation_t op_b = d.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt's B = our A
-  set_attr(plan->op, CUBLASLT_MATMUL_DESC_TRANSA, op_a);
-  set_attr(plan->op, CUBLASLT_MATMUL_DESC_TRANSB, op_b);
   // Column-major dimensions: M' = n, N' = m, K = k. A stored matrix's rows and columns are those
   // of the operand before its transposition.
   plan->a = make_layout(ab_type, d.trans_b ? d.k : d.n, d.trans_b ? d.n : d.k, d.ldb, d.batch,
@@ -156,21 +216,41 @@ GemmPlan& CudaBackend::gemm_plan(const GemmDesc& d, bool bias_epilogue) {
   constexpr int kRequested = 8;
   cublasLtMatmulHeuristicResult_t results[kRequested] = {};
   int returned = 0;
-  const auto query = [&](bool with_bias) {
-    const cublasLtEpilogue_t epilogue = with_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  // A fresh operation descriptor per fusion tried, so no attribute of a rejected one lingers.
+  const auto query = [&](const Fusion& f) {
+    if (plan->op != nullptr) {
+      (void)cublasLtMatmulDescDestroy(plan->op);
+      plan->op = nullptr;
+    }
+    MIXTRAIN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->op, compute, CUDA_R_32F));
+    set_attr(plan->op, CUBLASLT_MATMUL_DESC_TRANSA, op_a);
+    set_attr(plan->op, CUBLASLT_MATMUL_DESC_TRANSB, op_b);
+    const cublasLtEpilogue_t epilogue = epilogue_of(d, f);
     set_attr(plan->op, CUBLASLT_MATMUL_DESC_EPILOGUE, epilogue);
-    if (with_bias) {
-      // The heuristic reads the bias pointer's alignment; gemm() sets the pointer of each call.
+    // The heuristic reads the pointers' alignment; gemm() sets the pointers of each call.
+    if (f.bias) {
       const void* bias = d.bias.ptr;
       set_attr(plan->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+    } else if (f.bgrad) {
+      void* bgrad = d.bias_grad.ptr;
+      set_attr(plan->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bgrad);
+    }
+    if (f.act && d.aux) {
+      void* aux = d.aux.ptr;
+      set_attr(plan->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux);
+      set_attr(plan->op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, d.ldc);
     }
     returned = 0;
     const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
         lt_, plan->op, plan->a, plan->b, plan->c, plan->c, pref, kRequested, results, &returned);
-    if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) {
+    if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED &&
+        st != CUBLAS_STATUS_INVALID_VALUE) {
       MIXTRAIN_CUBLAS_CHECK(st);
     }
     if (st != CUBLAS_STATUS_SUCCESS) returned = 0;
+    int usable = 0;
+    for (int i = 0; i < returned; ++i) usable += results[i].state == CUBLAS_STATUS_SUCCESS ? 1 : 0;
+    if (usable == 0) returned = 0;
   };
   try {
     const std::uint64_t workspace = workspace_bytes_;
@@ -187,11 +267,14 @@ GemmPlan& CudaBackend::gemm_plan(const GemmDesc& d, bool bias_epilogue) {
       MIXTRAIN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, align_attrs[i], &aligns[i],
                                                                  sizeof aligns[i]));
     }
-    plan->bias_epilogue = bias_epilogue;
-    query(bias_epilogue);
-    if (returned == 0 && bias_epilogue) {  // no fused-bias kernel for this case: add it apart
-      plan->bias_epilogue = false;
-      query(false);
+    for (const Fusion& f : candidates(d, fused_epilogues_)) {  // most fused first; the last fuses nothing
+      query(f);
+      if (returned > 0) {
+        plan->bias_fused = f.bias;
+        plan->act_fused = f.act;
+        plan->bgrad_fused = f.bgrad;
+        break;
+      }
     }
   } catch (...) {
     (void)cublasLtMatmulPreferenceDestroy(pref);
@@ -219,28 +302,56 @@ void CudaBackend::gemm(const GemmDesc& d) {
   (void)cuda_type(d.a.dtype, "operands");
   (void)cuda_type(d.c.dtype, "output");
   if (d.bias) (void)cuda_type(d.bias.dtype, "bias");
-  if (d.m <= 0 || d.n <= 0 || d.batch <= 0) return;
-  if (d.k <= 0) {  // an empty product: C = beta * C (+ bias)
-    gemm_epilogue_only(d, d.beta, static_cast<bool>(d.bias));
+  check_gemm_epilogue(d);
+  if (d.bias_grad && d.bias_grad.dtype != DType::F32) {
+    throw Error("internal: gemm bias_grad on the cuda backend is f32, not " +
+                std::string(dtype_name(d.bias_grad.dtype)));
+  }
+  const bool act = d.epilogue != Activation::Identity;
+  // The bias gradient apart: the column sums of the stored operand, as bias_grad() computes them.
+  const auto separate_bias_grad = [&] {
+    const bool of_a = d.bias_grad_operand == GemmOperand::A;
+    bias_grad(of_a ? d.a : d.b, d.bias_grad, d.k, of_a ? d.m : d.n, false);
+  };
+  if (d.m <= 0 || d.n <= 0 || d.batch <= 0) {
+    if (d.bias_grad) separate_bias_grad();
     return;
   }
-  // The fused bias epilogue takes a bias of C's type; otherwise (or when cuBLASLt has no fused
-  // kernel) C is seeded with beta * C + bias and the product accumulates onto it with beta = 1.
-  GemmPlan& plan = gemm_plan(d, d.bias && d.bias.dtype == d.c.dtype);
+  // Where the product (plus bias) lands when the activation is not fused: the aux buffer when
+  // there is one (the activation then reads it and writes C), otherwise C (activation in place).
+  const Buf z_out = d.aux ? d.aux : d.c;
+  if (d.k <= 0) {  // an empty product: C = act(beta * C + bias), aux = beta * C + bias
+    gemm_epilogue_only(d, act ? z_out : d.c, d.beta, static_cast<bool>(d.bias));
+    if (act) gemm_activation(d, z_out);
+    if (d.bias_grad) separate_bias_grad();
+    return;
+  }
+  GemmPlan& plan = gemm_plan(d);
+  if (d.bias_grad && !plan.bgrad_fused) separate_bias_grad();  // validates in planning too
   if (planning()) return;
+  // Without the activation fused, the product goes to z_out and the activation follows.
+  const Buf target = act && !plan.act_fused ? z_out : d.c;
   float beta = d.beta;
-  if (d.bias && !plan.bias_epilogue) {
-    gemm_epilogue_only(d, d.beta, true);
+  if (d.bias && !plan.bias_fused) {  // seed the target with beta * C + bias, then accumulate
+    gemm_epilogue_only(d, target, d.beta, true);
     beta = 1.0f;
   }
-  if (plan.bias_epilogue) {
+  if (plan.bias_fused) {
     const void* bias = d.bias.ptr;
     set_attr(plan.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+  } else if (plan.bgrad_fused) {
+    void* bgrad = d.bias_grad.ptr;
+    set_attr(plan.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bgrad);
+  }
+  if (plan.act_fused && d.aux) {
+    void* aux = d.aux.ptr;
+    set_attr(plan.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux);
   }
   const float alpha = d.alpha;
   MIXTRAIN_CUBLAS_CHECK(cublasLtMatmul(lt_, plan.op, &alpha, d.b.ptr, plan.a, d.a.ptr, plan.b,
-                                       &beta, d.c.ptr, plan.c, d.c.ptr, plan.c, &plan.algo,
+                                       &beta, target.ptr, plan.c, target.ptr, plan.c, &plan.algo,
                                        workspace_, workspace_bytes_, stream_));
+  if (act && !plan.act_fused) gemm_activation(d, target);
 }
 
 }  // namespace mixtrain::cuda
