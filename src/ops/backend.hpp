@@ -163,6 +163,13 @@ class Backend {
   // Ends a training step on the device: scaler update, counters, history record.
   virtual void finish_step(StepControl* control, const ScalerParams& params,
                            const OptimizerHyper& hyper, StepRecord* history) = 0;
+  // optimizer_step(desc), then finish_step(control, params, desc.hyper, history); control must be
+  // desc.control. A backend may run both in one pass (the CUDA backend: one kernel launch).
+  virtual void optimizer_step_and_finish(const OptimizerDesc& desc, StepControl* control,
+                                         const ScalerParams& params, StepRecord* history) {
+    optimizer_step(desc);
+    finish_step(control, params, desc.hyper, history);
+  }
 };
 
 // The CPU backend (always available).

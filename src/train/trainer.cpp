@@ -383,8 +383,7 @@ StepResult Trainer::Impl::step(Trainer* owner, std::int64_t n) {
     od.working = plan->working;
     od.max_grad_norm = config.clip_grad_norm;
     od.control = plan->control;
-    backend->optimizer_step(od);
-    backend->finish_step(plan->control, scaler, hyper, plan->history);
+    backend->optimizer_step_and_finish(od, plan->control, scaler, plan->history);
   });
   const std::int64_t index = steps_issued++;
   const auto pending = steps_issued - static_cast<std::int64_t>(history.size());

@@ -53,6 +53,9 @@ CudaBackend::CudaBackend() {
     workspace_ = alloc(workspace_bytes_);
     scratch_bytes_ = kScratchBytes;
     scratch_ = alloc(scratch_bytes_);
+    step_counters_ = static_cast<unsigned int*>(alloc(kCounters * sizeof(unsigned int)));
+    MIXTRAIN_CUDA_CHECK(
+        cudaMemsetAsync(step_counters_, 0, kCounters * sizeof(unsigned int), stream_));
     void* ring = nullptr;
     MIXTRAIN_CUDA_CHECK(cudaMallocHost(&ring, kRingBytes));
     ring_ = static_cast<char*>(ring);
@@ -86,6 +89,7 @@ void CudaBackend::release() noexcept {
   allocations_.clear();
   workspace_ = nullptr;
   scratch_ = nullptr;
+  step_counters_ = nullptr;
   if (ring_ != nullptr) (void)cudaFreeHost(ring_);
   ring_ = nullptr;
   if (lt_ != nullptr) (void)cublasLtDestroy(lt_);

@@ -73,6 +73,9 @@ class CudaBackend final : public Backend {
 
   void check_gradients(const float* grad, std::int64_t count, StepControl* control) override;
   void optimizer_step(const OptimizerDesc& desc) override;
+  // One launch: the optimizer kernel's last block runs the finish.
+  void optimizer_step_and_finish(const OptimizerDesc& desc, StepControl* control,
+                                 const ScalerParams& params, StepRecord* history) override;
   void finish_step(StepControl* control, const ScalerParams& params, const OptimizerHyper& hyper,
                    StepRecord* history) override;
 
@@ -98,6 +101,9 @@ class CudaBackend final : public Backend {
   void gemm_epilogue_only(const GemmDesc& d, Buf target, float beta, bool with_bias);
   // C = d.epilogue(z) over C's m x n elements, z laid out as C (z may be C: in place).
   void gemm_activation(const GemmDesc& d, CBuf z);
+  // The optimizer pass, followed in the same launch by finish_step when finish_control is set.
+  void launch_optimizer_pass(const OptimizerDesc& d, StepControl* finish_control,
+                             const ScalerParams* params, StepRecord* history);
 
   // Staging ring for upload(): the host copy is taken before upload() returns.
   struct PendingCopy {
@@ -116,6 +122,13 @@ class CudaBackend final : public Backend {
   // Fixed device scratch for the partial sums of the deterministic two-stage reductions.
   void* scratch_ = nullptr;
   std::size_t scratch_bytes_ = 0;
+  // Zero-initialised completion counters of the kernels whose last block finishes a reduction
+  // (last_block_done in cuda_common.cuh); each is back at zero after its kernel.
+  unsigned int* step_counters_ = nullptr;
+  static constexpr int kCounterCheck = 0;   // unscale_kernel
+  static constexpr int kCounterLoss = 1;    // the loss kernels
+  static constexpr int kCounterFinish = 2;  // optimizer_kernel with the finish
+  static constexpr int kCounters = 64;
 
   std::unordered_map<void*, std::size_t> allocations_;
   std::size_t in_use_ = 0;

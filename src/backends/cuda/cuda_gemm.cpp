@@ -3,6 +3,7 @@
 // n x m column-major matrix. Descriptors, layouts and the heuristic's algorithm are built once
 // per shape (GemmKey) and reused, so a step does no cuBLASLt setup and a captured graph replays
 // the same algorithms.
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -256,10 +257,13 @@ GemmPlan& CudaBackend::gemm_plan(const GemmDesc& d) {
     const std::uint64_t workspace = workspace_bytes_;
     MIXTRAIN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
         pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace));
+    // Without a fused activation the product is written to aux instead of C (laid out alike):
+    // the algorithm must accept both pointers.
+    const std::int64_t align_d = d.aux ? std::min(align_c, align_aux) : align_c;
     const std::uint32_t aligns[4] = {static_cast<std::uint32_t>(align_b),
                                      static_cast<std::uint32_t>(align_a),
-                                     static_cast<std::uint32_t>(align_c),
-                                     static_cast<std::uint32_t>(align_c)};
+                                     static_cast<std::uint32_t>(align_d),
+                                     static_cast<std::uint32_t>(align_d)};
     const cublasLtMatmulPreferenceAttributes_t align_attrs[4] = {
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
@@ -267,7 +271,8 @@ GemmPlan& CudaBackend::gemm_plan(const GemmDesc& d) {
       MIXTRAIN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, align_attrs[i], &aligns[i],
                                                                  sizeof aligns[i]));
     }
-    for (const Fusion& f : candidates(d, fused_epilogues_)) {  // most fused first; the last fuses nothing
+    // Most fused first; the last candidate fuses nothing.
+    for (const Fusion& f : candidates(d, fused_epilogues_)) {
       query(f);
       if (returned > 0) {
         plan->bias_fused = f.bias;

@@ -1,7 +1,8 @@
 // Losses. Cross-entropy over logits: one warp per row, the log-sum-exp summed in double like the
 // CPU backend. The element-wise losses: a flat grid-stride pass over rows * cols. Both write one
-// double partial per block; loss_finalize_kernel adds the partials in a fixed order and writes
-// the mean, so the loss has the same bits every run and no atomics are involved.
+// double partial per block; the last block to finish (last_block_done) adds the partials in block
+// order and writes the mean, so the loss has the same bits every run, no atomics touch the sum,
+// and one launch does it all.
 #include <algorithm>
 #include <cstdint>
 
@@ -22,14 +23,27 @@ __device__ __forceinline__ float grad_scale(const StepControl* control, float de
   return scale / denom;
 }
 
+// In the last block: the partials of every block, in block order, to the mean loss.
+__device__ __forceinline__ void finish_loss(const double* partial, double* shared, float denom,
+                                            float* loss) {
+  double acc = 0.0;
+  for (int i = static_cast<int>(threadIdx.x); i < static_cast<int>(gridDim.x); i += kThreads) {
+    acc += __ldcg(partial + i);
+  }
+  const double total = block_sum(acc, shared);
+  if (threadIdx.x == 0) *loss = static_cast<float>(total / static_cast<double>(denom));
+}
+
 // Sparse (labels) or dense (targets) cross-entropy over logits.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     cross_entropy_kernel(const T* __restrict__ pred, std::int64_t rows, std::int64_t cols,
                          const std::int32_t* __restrict__ labels,
                          const float* __restrict__ targets, T* __restrict__ grad,
-                         const StepControl* control, float denom, double* __restrict__ partial) {
+                         const StepControl* control, float denom, double* __restrict__ partial,
+                         unsigned int* __restrict__ counter, float* loss) {
   __shared__ double warp_loss[kWarpsPerBlock];
+  __shared__ double shared[kWarpsPerBlock];
   const float gscale = grad_scale(control, denom);
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
@@ -71,6 +85,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int w = 0; w < kWarpsPerBlock; ++w) total += warp_loss[w];
     partial[blockIdx.x] = total;
   }
+  if (last_block_done(counter)) finish_loss(partial, shared, denom, loss);
 }
 
 template <typename T>
@@ -78,7 +93,8 @@ __global__ void __launch_bounds__(kThreads)
     elementwise_loss_kernel(LossKind kind, float delta, const T* __restrict__ pred,
                             const float* __restrict__ targets, std::int64_t n,
                             T* __restrict__ grad, const StepControl* control, float denom,
-                            double* __restrict__ partial) {
+                            double* __restrict__ partial, unsigned int* __restrict__ counter,
+                            float* loss) {
   __shared__ double shared[kWarpsPerBlock];
   const float gscale = grad_scale(control, denom);
   double acc = 0.0;
@@ -92,6 +108,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   const double total = block_sum(acc, shared);
   if (threadIdx.x == 0) partial[blockIdx.x] = total;
+  if (last_block_done(counter)) finish_loss(partial, shared, denom, loss);
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -123,22 +140,25 @@ void CudaBackend::loss(const LossDesc& d) {
     const T* pred = static_cast<const T*>(d.pred.ptr);
     T* grad = d.dpred ? static_cast<T*>(d.dpred.ptr) : nullptr;
     double* partial = static_cast<double*>(scratch_);
-    int blocks = 0;
+    unsigned int* counter = step_counters_ + kCounterLoss;
     if (logits && rows > 0 && cols > 0) {
-      blocks = static_cast<int>(
+      const int blocks = static_cast<int>(
           std::min<std::int64_t>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock, kMaxPartials));
       cross_entropy_kernel<<<blocks, kThreads, 0, stream_>>>(
-          pred, rows, cols, d.labels, d.targets, grad, d.control, denom, partial);
+          pred, rows, cols, d.labels, d.targets, grad, d.control, denom, partial, counter, d.loss);
       MIXTRAIN_CUDA_LAUNCH_CHECK("cross_entropy_kernel");
     } else if (!logits && rows * cols > 0) {
       const std::int64_t n = rows * cols;
-      blocks = static_cast<int>(std::min<std::int64_t>((n + kThreads - 1) / kThreads, kMaxPartials));
-      elementwise_loss_kernel<<<blocks, kThreads, 0, stream_>>>(
-          d.kind, d.huber_delta, pred, d.targets, n, grad, d.control, denom, partial);
+      const int blocks =
+          static_cast<int>(std::min<std::int64_t>((n + kThreads - 1) / kThreads, kMaxPartials));
+      elementwise_loss_kernel<<<blocks, kThreads, 0, stream_>>>(d.kind, d.huber_delta, pred,
+                                                                d.targets, n, grad, d.control,
+                                                                denom, partial, counter, d.loss);
       MIXTRAIN_CUDA_LAUNCH_CHECK("elementwise_loss_kernel");
+    } else {  // nothing to sum: the mean of no terms, as the CPU computes it
+      loss_finalize_kernel<<<1, kThreads, 0, stream_>>>(partial, 0, denom, d.loss);
+      MIXTRAIN_CUDA_LAUNCH_CHECK("loss_finalize_kernel");
     }
-    loss_finalize_kernel<<<1, kThreads, 0, stream_>>>(partial, blocks, denom, d.loss);
-    MIXTRAIN_CUDA_LAUNCH_CHECK("loss_finalize_kernel");
   });
 }
 
