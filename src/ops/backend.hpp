@@ -60,7 +60,7 @@ struct GemmDesc {
   float beta = 0.0f;
   CBuf bias;  // optional, [n], added before storing (only with beta == 0)
   std::int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
-  bool allow_tf32 = false;  // fp32 operands may use TF32 tensor cores
+  bool allow_tf32 = false;                     // fp32 operands may use TF32 tensor cores
   Activation epilogue = Activation::Identity;  // applied after the bias (see above)
   Buf aux;                                     // optional pre-activation output (see above)
   Buf bias_grad;                               // optional fused bias gradient (see above)
@@ -94,6 +94,37 @@ struct OptimizerDesc {
   Buf working;                 // optional FP16/BF16 working copy [count], written in the pass
   float max_grad_norm = 0.0f;  // > 0: clip to this global norm (from control->grad_norm_sq)
   const StepControl* control = nullptr;
+};
+
+// A 2-D convolution over channels-last tensors (what cuDNN's tensor-core kernels want):
+//   x [N, H, W, C], w [K, R, S, C / groups], bias [K], y [N, P, Q, K].
+// Output pixel (p, q) of filter k in group g = k / (K / groups) reads input pixels
+//   (p * stride_h - pad_h + r * dilation_h, q * stride_w - pad_w + s * dilation_w)
+// for r < R, s < S, over channels [g * C / groups, (g + 1) * C / groups); pixels outside the
+// input are zeros. pad_h / pad_w are the top / left padding; the bottom / right padding is
+// whatever P and Q imply (it differs from the top / left one for "same" with an even total).
+// It is a cross-correlation, as in every framework.
+struct ConvDesc {
+  std::int64_t N = 0, H = 0, W = 0, C = 0;  // input
+  std::int64_t K = 0, R = 0, S = 0;         // filters and kernel size
+  std::int64_t stride_h = 1, stride_w = 1;
+  std::int64_t pad_h = 0, pad_w = 0;
+  std::int64_t dilation_h = 1, dilation_w = 1;
+  std::int64_t groups = 1;
+  std::int64_t P = 0, Q = 0;  // output height and width
+  bool allow_tf32 = false;    // fp32 operands may use TF32 tensor cores
+};
+
+// A 2-D pooling window over channels-last tensors: x [N, H, W, C], y [N, P, Q, C]. Output
+// (p, q) covers input rows p * stride_h - pad_h + [0, R) and columns q * stride_w - pad_w +
+// [0, S), clipped to the input (padding never takes part: max ignores it, average divides by
+// the number of input pixels in the window, PyTorch's count_include_pad=false).
+struct PoolDesc {
+  std::int64_t N = 0, H = 0, W = 0, C = 0;
+  std::int64_t R = 0, S = 0;  // window
+  std::int64_t stride_h = 1, stride_w = 1;
+  std::int64_t pad_h = 0, pad_w = 0;
+  std::int64_t P = 0, Q = 0;
 };
 
 class Backend {
@@ -149,6 +180,57 @@ class Backend {
   // also takes F64 with an F64 dy, summed in double: the float64 gradient tests).
   virtual void bias_grad(CBuf dy, Buf db, std::int64_t rows, std::int64_t cols,
                          bool accumulate) = 0;
+
+  // Convolution (ConvDesc above), products accumulated in fp32 (double for the CPU backend's
+  // F64). x, w, y, dy, dx share the compute dtype.
+  // y = conv(x, w) (+ bias[k] broadcast); bias is optional and may be F32 or the compute dtype.
+  virtual void conv2d_forward(const ConvDesc& desc, CBuf x, CBuf w, CBuf bias, Buf y) = 0;
+  // dx (+)= the gradient of the input: the transposed convolution of dy [N, P, Q, K] with w.
+  virtual void conv2d_backward_data(const ConvDesc& desc, CBuf dy, CBuf w, Buf dx,
+                                    bool accumulate) = 0;
+  // dw [K, R, S, C / groups] = the weight gradient, and db [K] = sum of dy over N, P, Q when db
+  // is set; both overwritten, F32 (F64 with an F64 x and dy on the CPU backend).
+  virtual void conv2d_backward_filter(const ConvDesc& desc, CBuf x, CBuf dy, Buf dw, Buf db) = 0;
+
+  // Batch normalisation over the last dimension: x, y, dy, dx are [rows, channels] (rows = every
+  // other dimension, N * H * W for images) in the compute dtype; gamma, beta (any float dtype,
+  // F32 in training) and every statistic are [channels]. Statistics are F32 buffers (F64 on the
+  // CPU backend's reference path) computed in fp32 or better: the CPU sums in double.
+  // Training: batch mean and 1 / sqrt(biased variance + eps) of each channel are written to
+  // batch_mean / batch_invstd, and y = (x - mean) * invstd * gamma + beta.
+  virtual void batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf y, Buf batch_mean,
+                                           Buf batch_invstd, std::int64_t rows,
+                                           std::int64_t channels, float eps) = 0;
+  // Inference: y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta.
+  virtual void batch_norm_forward_inference(CBuf x, CBuf gamma, CBuf beta, CBuf running_mean,
+                                            CBuf running_var, Buf y, std::int64_t rows,
+                                            std::int64_t channels, float eps) = 0;
+  // Gradients through the training forward (batch statistics): dx (+)= the input gradient
+  // (skipped when dx is null), dgamma and dbeta (F32, or F64 on the reference path) overwritten.
+  virtual void batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_mean, CBuf batch_invstd,
+                                   Buf dx, Buf dgamma, Buf dbeta, std::int64_t rows,
+                                   std::int64_t channels, bool accumulate) = 0;
+  // running = (1 - momentum) * running + momentum * batch (PyTorch's convention), the variance
+  // unbiased (times count / (count - 1), count = rows of the batch). Does nothing when
+  // control->found_inf is set: a skipped step leaves the running statistics untouched.
+  virtual void batch_norm_update_running(CBuf batch_mean, CBuf batch_invstd, Buf running_mean,
+                                         Buf running_var, std::int64_t channels, float momentum,
+                                         std::int64_t count, float eps,
+                                         const StepControl* control) = 0;
+
+  // Pooling (PoolDesc above), computed in fp32.
+  virtual void max_pool2d_forward(const PoolDesc& desc, CBuf x, Buf y) = 0;
+  // dx (+)= dy routed to each window's maximum, recomputed from x and y (no index buffer); when
+  // several inputs of a window equal its maximum, the first in row-major window order takes it.
+  virtual void max_pool2d_backward(const PoolDesc& desc, CBuf x, CBuf y, CBuf dy, Buf dx,
+                                   bool accumulate) = 0;
+  virtual void avg_pool2d_forward(const PoolDesc& desc, CBuf x, Buf y) = 0;
+  virtual void avg_pool2d_backward(const PoolDesc& desc, CBuf dy, Buf dx, bool accumulate) = 0;
+  // x [n, pixels, channels] -> y [n, channels], the mean over pixels.
+  virtual void global_avg_pool_forward(CBuf x, Buf y, std::int64_t n, std::int64_t pixels,
+                                       std::int64_t channels) = 0;
+  virtual void global_avg_pool_backward(CBuf dy, Buf dx, std::int64_t n, std::int64_t pixels,
+                                        std::int64_t channels, bool accumulate) = 0;
 
   // Loss forward (and backward when desc.dpred is set).
   virtual void loss(const LossDesc& desc) = 0;

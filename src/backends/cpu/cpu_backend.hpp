@@ -3,6 +3,7 @@
 // every other op is an OpenMP loop templated on the storage type.
 #pragma once
 
+#include <memory>
 #include <vector>
 
 #include "ops/backend.hpp"
@@ -44,6 +45,41 @@ class CpuBackend final : public Backend {
   void gemm(const GemmDesc& desc) override;
   void bias_grad(CBuf dy, Buf db, std::int64_t rows, std::int64_t cols, bool accumulate) override;
 
+  // cpu_conv.cpp: im2col + OpenBLAS GEMM in chunks of images whose column buffer and fp32
+  // staging fit in conv_chunk_bytes (at least one image per chunk; 64 MiB by default, tests
+  // lower it to exercise the chunking).
+  void set_conv_chunk_bytes(std::size_t bytes) { conv_chunk_bytes_ = bytes; }
+  void conv2d_forward(const ConvDesc& desc, CBuf x, CBuf w, CBuf bias, Buf y) override;
+  void conv2d_backward_data(const ConvDesc& desc, CBuf dy, CBuf w, Buf dx,
+                            bool accumulate) override;
+  void conv2d_backward_filter(const ConvDesc& desc, CBuf x, CBuf dy, Buf dw, Buf db) override;
+
+  // cpu_norm.cpp
+  void batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf y, Buf batch_mean,
+                                   Buf batch_invstd, std::int64_t rows, std::int64_t channels,
+                                   float eps) override;
+  void batch_norm_forward_inference(CBuf x, CBuf gamma, CBuf beta, CBuf running_mean,
+                                    CBuf running_var, Buf y, std::int64_t rows,
+                                    std::int64_t channels, float eps) override;
+  void batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_mean, CBuf batch_invstd, Buf dx,
+                           Buf dgamma, Buf dbeta, std::int64_t rows, std::int64_t channels,
+                           bool accumulate) override;
+  void batch_norm_update_running(CBuf batch_mean, CBuf batch_invstd, Buf running_mean,
+                                 Buf running_var, std::int64_t channels, float momentum,
+                                 std::int64_t count, float eps,
+                                 const StepControl* control) override;
+
+  // cpu_pool.cpp
+  void max_pool2d_forward(const PoolDesc& desc, CBuf x, Buf y) override;
+  void max_pool2d_backward(const PoolDesc& desc, CBuf x, CBuf y, CBuf dy, Buf dx,
+                           bool accumulate) override;
+  void avg_pool2d_forward(const PoolDesc& desc, CBuf x, Buf y) override;
+  void avg_pool2d_backward(const PoolDesc& desc, CBuf dy, Buf dx, bool accumulate) override;
+  void global_avg_pool_forward(CBuf x, Buf y, std::int64_t n, std::int64_t pixels,
+                               std::int64_t channels) override;
+  void global_avg_pool_backward(CBuf dy, Buf dx, std::int64_t n, std::int64_t pixels,
+                                std::int64_t channels, bool accumulate) override;
+
   void loss(const LossDesc& desc) override;
   // The mean loss of the last loss() call in double, before its rounding to *desc.loss (float).
   // With an F64 pred it is computed in double throughout: the float64 finite-difference tests
@@ -59,6 +95,14 @@ class CpuBackend final : public Backend {
   // Grow-only fp32 staging for widened GEMM operands; sized on first use and then reused.
   std::vector<float>& scratch(int slot, std::size_t count);
   std::vector<float> scratch_[3];
+  // Grow-only byte scratch of the convolutions (column buffers, fp32 staging); 64-byte aligned.
+  void* conv_scratch(int slot, std::size_t bytes);
+  struct FreeDeleter {
+    void operator()(void* p) const noexcept;
+  };
+  std::unique_ptr<void, FreeDeleter> conv_scratch_[4];
+  std::size_t conv_scratch_bytes_[4] = {};
+  std::size_t conv_chunk_bytes_ = std::size_t{64} << 20;
   double last_loss_ = 0.0;
   std::size_t in_use_ = 0;
   std::size_t peak_ = 0;

@@ -69,6 +69,35 @@ class CudaBackend final : public Backend {
   void gemm(const GemmDesc& desc) override;
   void bias_grad(CBuf dy, Buf db, std::int64_t rows, std::int64_t cols, bool accumulate) override;
 
+  // Convolution, batch-norm and pooling: not implemented on CUDA yet (cuda_conv_stub.cpp throws
+  // DeviceError); the cuDNN implementation replaces the stubs.
+  void conv2d_forward(const ConvDesc& desc, CBuf x, CBuf w, CBuf bias, Buf y) override;
+  void conv2d_backward_data(const ConvDesc& desc, CBuf dy, CBuf w, Buf dx,
+                            bool accumulate) override;
+  void conv2d_backward_filter(const ConvDesc& desc, CBuf x, CBuf dy, Buf dw, Buf db) override;
+  void batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf y, Buf batch_mean,
+                                   Buf batch_invstd, std::int64_t rows, std::int64_t channels,
+                                   float eps) override;
+  void batch_norm_forward_inference(CBuf x, CBuf gamma, CBuf beta, CBuf running_mean,
+                                    CBuf running_var, Buf y, std::int64_t rows,
+                                    std::int64_t channels, float eps) override;
+  void batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_mean, CBuf batch_invstd, Buf dx,
+                           Buf dgamma, Buf dbeta, std::int64_t rows, std::int64_t channels,
+                           bool accumulate) override;
+  void batch_norm_update_running(CBuf batch_mean, CBuf batch_invstd, Buf running_mean,
+                                 Buf running_var, std::int64_t channels, float momentum,
+                                 std::int64_t count, float eps,
+                                 const StepControl* control) override;
+  void max_pool2d_forward(const PoolDesc& desc, CBuf x, Buf y) override;
+  void max_pool2d_backward(const PoolDesc& desc, CBuf x, CBuf y, CBuf dy, Buf dx,
+                           bool accumulate) override;
+  void avg_pool2d_forward(const PoolDesc& desc, CBuf x, Buf y) override;
+  void avg_pool2d_backward(const PoolDesc& desc, CBuf dy, Buf dx, bool accumulate) override;
+  void global_avg_pool_forward(CBuf x, Buf y, std::int64_t n, std::int64_t pixels,
+                               std::int64_t channels) override;
+  void global_avg_pool_backward(CBuf dy, Buf dx, std::int64_t n, std::int64_t pixels,
+                                std::int64_t channels, bool accumulate) override;
+
   void loss(const LossDesc& desc) override;
 
   void check_gradients(const float* grad, std::int64_t count, StepControl* control) override;

@@ -1,0 +1,397 @@
+// Convolution on the CPU: im2col + OpenBLAS GEMM over chunks of images, so the column buffer stays
+// bounded. Channels-last (NHWC) makes a column row R * S runs of C / groups contiguous channels.
+//
+//   forward         col[m, (r, s, c)] = x at the input pixel of output pixel m, offset (r, s)
+//                   y_g[m, k] = col_g[m, :] . w_g[k, :]             (one GEMM per group)
+//   backward data   dcol_g = dy_g w_g, then every input pixel gathers the dcol entries that read
+//                   it (col2im as a gather: no write conflicts, deterministic order)
+//   backward filter dw_g += dy_g^T col_g, chunk after chunk
+// fp16/bf16 operands are widened to fp32 as they are gathered (exactly what tensor cores do:
+// fp32 products and accumulation); the F64 reference path gathers doubles and calls dgemm. A 1x1
+// convolution with stride 1 and no padding needs no gather: the input itself is the column
+// matrix.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <new>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "backends/cpu/cpu_backend.hpp"
+#include "backends/cpu/cpu_convert.hpp"
+#include "backends/cpu/cpu_dispatch.hpp"
+
+namespace mixtrain::cpu {
+
+namespace {
+
+template <typename A>
+void blas_gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
+               const A* a, std::int64_t lda, const A* b, std::int64_t ldb, A beta, A* c,
+               std::int64_t ldc) {
+  const auto ta = trans_a ? CblasTrans : CblasNoTrans;
+  const auto tb = trans_b ? CblasTrans : CblasNoTrans;
+  const auto i = [](std::int64_t v) { return static_cast<int>(v); };
+  if constexpr (std::is_same_v<A, double>) {
+    cblas_dgemm(CblasRowMajor, ta, tb, i(m), i(n), i(k), 1.0, a, i(lda), b, i(ldb), beta, c,
+                i(ldc));
+  } else {
+    cblas_sgemm(CblasRowMajor, ta, tb, i(m), i(n), i(k), 1.0f, a, i(lda), b, i(ldb), beta, c,
+                i(ldc));
+  }
+}
+
+// n values of storage type T as the arithmetic type A.
+template <typename T, typename A>
+void load_row(const T* src, A* dst, std::int64_t n) {
+  if constexpr (std::is_same_v<T, A>) {
+    std::copy_n(src, n, dst);
+  } else {
+    widen(src, dst, n);
+  }
+}
+
+// dst (+)= src, rounded once to T.
+template <typename T, typename A>
+void store_rows(const A* src, T* dst, std::int64_t n, bool accumulate) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (std::int64_t i = 0; i < n; ++i) {
+    dst[i] = store<T>(accumulate ? load(dst[i]) + src[i] : src[i]);
+  }
+}
+
+template <typename A>
+DType dtype_of() {
+  return std::is_same_v<A, double> ? DType::F64 : DType::F32;
+}
+
+void require_dtype(DType got, DType want, const char* what) {
+  if (got != want) {
+    throw Error(std::string("internal: ") + what + " must be " + std::string(dtype_name(want)) +
+                ", got " + std::string(dtype_name(got)));
+  }
+}
+
+struct Geometry {
+  std::int64_t cg, kg, kc;  // channels and filters per group, column width R * S * cg
+  std::int64_t pq, hw;      // output and input pixels per image
+  bool identity;            // 1x1, stride 1, no padding: the input is the column matrix
+
+  explicit Geometry(const ConvDesc& d)
+      : cg(d.C / d.groups),
+        kg(d.K / d.groups),
+        kc(d.R * d.S * (d.C / d.groups)),
+        pq(d.P * d.Q),
+        hw(d.H * d.W),
+        identity(d.R == 1 && d.S == 1 && d.stride_h == 1 && d.stride_w == 1 && d.pad_h == 0 &&
+                 d.pad_w == 0 && d.P == d.H && d.Q == d.W) {}
+};
+
+void check_desc(const ConvDesc& d) {
+  if (d.groups < 1 || d.C % d.groups != 0 || d.K % d.groups != 0 || d.N < 0 || d.P < 1 || d.Q < 1) {
+    throw Error("internal: bad ConvDesc (groups " + std::to_string(d.groups) + ", C " +
+                std::to_string(d.C) + ", K " + std::to_string(d.K) + ", P " + std::to_string(d.P) +
+                ", Q " + std::to_string(d.Q) + ")");
+  }
+}
+
+std::int64_t chunk_images(std::int64_t n, std::size_t bytes_per_image, std::size_t budget) {
+  const auto fit = static_cast<std::int64_t>(budget / std::max<std::size_t>(1, bytes_per_image));
+  return std::clamp<std::int64_t>(fit, 1, std::max<std::int64_t>(1, n));
+}
+
+// col[m, (r, s, c)] for the output pixels m of images [n0, n0 + nb), channels of group g.
+template <typename T, typename A>
+void im2col(const ConvDesc& d, const Geometry& ge, const T* x, std::int64_t n0, std::int64_t nb,
+            std::int64_t g, A* col) {
+  const std::int64_t rows = nb * ge.pq;
+#pragma omp parallel for schedule(static) if (rows * ge.kc >= kParallelMin)
+  for (std::int64_t m = 0; m < rows; ++m) {
+    const std::int64_t q = m % d.Q, p = (m / d.Q) % d.P, n = n0 + m / ge.pq;
+    A* out = col + m * ge.kc;
+    for (std::int64_t r = 0; r < d.R; ++r) {
+      const std::int64_t ih = p * d.stride_h - d.pad_h + r * d.dilation_h;
+      for (std::int64_t s = 0; s < d.S; ++s) {
+        const std::int64_t iw = q * d.stride_w - d.pad_w + s * d.dilation_w;
+        A* o = out + (r * d.S + s) * ge.cg;
+        if (ih >= 0 && ih < d.H && iw >= 0 && iw < d.W) {
+          load_row(x + ((n * d.H + ih) * d.W + iw) * d.C + g * ge.cg, o, ge.cg);
+        } else {
+          std::fill_n(o, ge.cg, A(0));
+        }
+      }
+    }
+  }
+}
+
+// dx[pixel, group g's channels] = sum of the dcol entries that read the pixel, for the input
+// pixels of images [0, nb) of the chunk (dx and dcol both start at the chunk's first image).
+template <typename A>
+void col2im(const ConvDesc& d, const Geometry& ge, const A* dcol, std::int64_t nb, std::int64_t g,
+            A* dx) {
+  const std::int64_t pixels = nb * ge.hw;
+#pragma omp parallel for schedule(static) if (pixels * ge.cg * d.R * d.S >= kParallelMin)
+  for (std::int64_t t = 0; t < pixels; ++t) {
+    const std::int64_t w = t % d.W, h = (t / d.W) % d.H, n = t / ge.hw;
+    A* out = dx + t * d.C + g * ge.cg;
+    std::fill_n(out, ge.cg, A(0));
+    for (std::int64_t r = 0; r < d.R; ++r) {
+      const std::int64_t hh = h + d.pad_h - r * d.dilation_h;
+      if (hh < 0 || hh % d.stride_h != 0) continue;
+      const std::int64_t p = hh / d.stride_h;
+      if (p >= d.P) continue;
+      for (std::int64_t s = 0; s < d.S; ++s) {
+        const std::int64_t ww = w + d.pad_w - s * d.dilation_w;
+        if (ww < 0 || ww % d.stride_w != 0) continue;
+        const std::int64_t q = ww / d.stride_w;
+        if (q >= d.Q) continue;
+        const A* src = dcol + ((n * d.P + p) * d.Q + q) * ge.kc + (r * d.S + s) * ge.cg;
+        for (std::int64_t c = 0; c < ge.cg; ++c) out[c] += src[c];
+      }
+    }
+  }
+}
+
+// The weights (or any small tensor) as A: the buffer itself when T is A, else widened.
+template <typename T, typename A>
+const A* as_acc(const T* src, std::int64_t n, void* scratch) {
+  if constexpr (std::is_same_v<T, A>) {
+    return src;
+  } else {
+    A* dst = static_cast<A*>(scratch);
+    widen(src, dst, n);
+    return dst;
+  }
+}
+
+}  // namespace
+
+void CpuBackend::FreeDeleter::operator()(void* p) const noexcept {
+  std::free(p);
+}
+
+void* CpuBackend::conv_scratch(int slot, std::size_t bytes) {
+  if (conv_scratch_bytes_[slot] < bytes) {
+    const std::size_t size = (bytes + 63) / 64 * 64;
+    conv_scratch_[slot].reset();
+    void* p = std::aligned_alloc(64, size);
+    if (p == nullptr) throw std::bad_alloc();
+    conv_scratch_[slot].reset(p);
+    conv_scratch_bytes_[slot] = size;
+  }
+  return conv_scratch_[slot].get();
+}
+
+void CpuBackend::conv2d_forward(const ConvDesc& d, CBuf x, CBuf w, CBuf bias, Buf y) {
+  check_desc(d);
+  if (x.dtype != w.dtype || x.dtype != y.dtype) {
+    throw Error("internal: conv2d_forward needs x, w and y of one dtype");
+  }
+  const Geometry ge(d);
+  dispatch_float(y.dtype, [&](auto t) {
+    using T = decltype(t);
+    using A = acc_t<T>;
+    constexpr bool direct = std::is_same_v<T, A>;
+    const T* px = as<T>(x.ptr);
+    T* py = as<T>(y.ptr);
+    const A* pw = as_acc<T, A>(
+        as<T>(w.ptr), d.K * ge.kc,
+        direct ? nullptr : conv_scratch(3, static_cast<std::size_t>(d.K * ge.kc) * sizeof(A)));
+    std::vector<A> b;
+    if (bias) {
+      b.resize(static_cast<std::size_t>(d.K));
+      dispatch_float(bias.dtype, [&](auto bt) {
+        using B = decltype(bt);
+        const B* pb = as<B>(bias.ptr);
+        for (std::int64_t k = 0; k < d.K; ++k)
+          b[static_cast<std::size_t>(k)] = static_cast<A>(load(pb[k]));
+      });
+    }
+    // Per image: the column matrix (or the widened input), and fp32 staging of the output.
+    const std::size_t per_image =
+        (ge.identity ? (direct ? 0 : ge.hw * d.C) : ge.pq * ge.kc) * sizeof(A) +
+        (direct ? 0 : ge.pq * d.K * sizeof(A));
+    const std::int64_t chunk = chunk_images(d.N, per_image, conv_chunk_bytes_);
+    for (std::int64_t n0 = 0; n0 < d.N; n0 += chunk) {
+      const std::int64_t nb = std::min(chunk, d.N - n0);
+      const std::int64_t rows = nb * ge.pq;
+      A* out = nullptr;
+      if constexpr (direct) {
+        out = py + n0 * ge.pq * d.K;
+      } else {
+        out = static_cast<A*>(conv_scratch(1, static_cast<std::size_t>(rows * d.K) * sizeof(A)));
+      }
+      const A* col = nullptr;
+      std::int64_t ld = ge.kc;
+      if (ge.identity) {
+        ld = d.C;
+        if constexpr (direct) {
+          col = px + n0 * ge.hw * d.C;
+        } else {
+          A* wide =
+              static_cast<A*>(conv_scratch(0, static_cast<std::size_t>(rows * d.C) * sizeof(A)));
+          const T* src = px + n0 * ge.hw * d.C;
+#pragma omp parallel for schedule(static) if (rows * d.C >= kParallelMin)
+          for (std::int64_t r = 0; r < rows; ++r) widen(src + r * d.C, wide + r * d.C, d.C);
+          col = wide;
+        }
+      }
+      for (std::int64_t g = 0; g < d.groups; ++g) {
+        const A* cg = nullptr;
+        if (ge.identity) {
+          cg = col + g * ge.cg;
+        } else {
+          A* buf =
+              static_cast<A*>(conv_scratch(0, static_cast<std::size_t>(rows * ge.kc) * sizeof(A)));
+          im2col(d, ge, px, n0, nb, g, buf);
+          cg = buf;
+        }
+        blas_gemm<A>(false, true, rows, ge.kg, ge.kc, cg, ld, pw + g * ge.kg * ge.kc, ge.kc, A(0),
+                     out + g * ge.kg, d.K);
+      }
+      // Epilogue: bias, and the one rounding to T.
+      const A* pb = b.empty() ? nullptr : b.data();
+      T* dst = py + n0 * ge.pq * d.K;
+#pragma omp parallel for schedule(static) if (rows * d.K >= kParallelMin)
+      for (std::int64_t r = 0; r < rows; ++r) {
+        A* acc = out + r * d.K;
+        if (pb != nullptr) {
+          for (std::int64_t k = 0; k < d.K; ++k) acc[k] += pb[k];
+        }
+        if constexpr (!direct) narrow(acc, dst + r * d.K, d.K);
+      }
+    }
+  });
+}
+
+void CpuBackend::conv2d_backward_data(const ConvDesc& d, CBuf dy, CBuf w, Buf dx, bool accumulate) {
+  check_desc(d);
+  if (dy.dtype != w.dtype || dy.dtype != dx.dtype) {
+    throw Error("internal: conv2d_backward_data needs dy, w and dx of one dtype");
+  }
+  const Geometry ge(d);
+  dispatch_float(dx.dtype, [&](auto t) {
+    using T = decltype(t);
+    using A = acc_t<T>;
+    constexpr bool direct = std::is_same_v<T, A>;
+    const T* pdy = as<T>(dy.ptr);
+    T* pdx = as<T>(dx.ptr);
+    const A* pw = as_acc<T, A>(
+        as<T>(w.ptr), d.K * ge.kc,
+        direct ? nullptr : conv_scratch(3, static_cast<std::size_t>(d.K * ge.kc) * sizeof(A)));
+    // Written straight into dx when it has the arithmetic type and is overwritten.
+    const bool into_dx = direct && !accumulate;
+    const std::size_t per_image = ((ge.identity ? 0 : ge.pq * ge.kc) + (into_dx ? 0 : ge.hw * d.C) +
+                                   (direct ? 0 : ge.pq * d.K)) *
+                                  sizeof(A);
+    const std::int64_t chunk = chunk_images(d.N, per_image, conv_chunk_bytes_);
+    for (std::int64_t n0 = 0; n0 < d.N; n0 += chunk) {
+      const std::int64_t nb = std::min(chunk, d.N - n0);
+      const std::int64_t rows = nb * ge.pq;
+      const std::int64_t in_count = nb * ge.hw * d.C;
+      const A* g_out = nullptr;  // dy of the chunk as A, [rows, K]
+      if constexpr (direct) {
+        g_out = pdy + n0 * ge.pq * d.K;
+      } else {
+        A* wide =
+            static_cast<A*>(conv_scratch(1, static_cast<std::size_t>(rows * d.K) * sizeof(A)));
+        const T* src = pdy + n0 * ge.pq * d.K;
+#pragma omp parallel for schedule(static) if (rows * d.K >= kParallelMin)
+        for (std::int64_t r = 0; r < rows; ++r) widen(src + r * d.K, wide + r * d.K, d.K);
+        g_out = wide;
+      }
+      A* acc = nullptr;  // dx of the chunk as A, [nb, H, W, C]
+      if constexpr (direct) {
+        if (into_dx) acc = pdx + n0 * ge.hw * d.C;
+      }
+      if (acc == nullptr) {
+        acc = static_cast<A*>(conv_scratch(2, static_cast<std::size_t>(in_count) * sizeof(A)));
+      }
+      for (std::int64_t g = 0; g < d.groups; ++g) {
+        const A* dy_g = g_out + g * ge.kg;
+        const A* w_g = pw + g * ge.kg * ge.kc;
+        if (ge.identity) {
+          blas_gemm<A>(false, false, rows, ge.cg, ge.kg, dy_g, d.K, w_g, ge.kc, A(0),
+                       acc + g * ge.cg, d.C);
+        } else {
+          A* dcol =
+              static_cast<A*>(conv_scratch(0, static_cast<std::size_t>(rows * ge.kc) * sizeof(A)));
+          blas_gemm<A>(false, false, rows, ge.kc, ge.kg, dy_g, d.K, w_g, ge.kc, A(0), dcol, ge.kc);
+          col2im(d, ge, dcol, nb, g, acc);
+        }
+      }
+      if (!into_dx) store_rows(acc, pdx + n0 * ge.hw * d.C, in_count, accumulate);
+    }
+  });
+}
+
+void CpuBackend::conv2d_backward_filter(const ConvDesc& d, CBuf x, CBuf dy, Buf dw, Buf db) {
+  check_desc(d);
+  if (x.dtype != dy.dtype) {
+    throw Error("internal: conv2d_backward_filter needs x and dy of one dtype");
+  }
+  const Geometry ge(d);
+  dispatch_float(x.dtype, [&](auto t) {
+    using T = decltype(t);
+    using A = acc_t<T>;
+    constexpr bool direct = std::is_same_v<T, A>;
+    require_dtype(dw.dtype, dtype_of<A>(), "conv2d_backward_filter's dw");
+    const T* px = as<T>(x.ptr);
+    const T* pdy = as<T>(dy.ptr);
+    A* pdw = as<A>(dw.ptr);
+    const std::size_t per_image =
+        ((ge.identity ? (direct ? 0 : ge.hw * d.C) : ge.pq * ge.kc) + (direct ? 0 : ge.pq * d.K)) *
+        sizeof(A);
+    const std::int64_t chunk = chunk_images(d.N, per_image, conv_chunk_bytes_);
+    if (d.N == 0) std::fill_n(pdw, d.K * ge.kc, A(0));
+    for (std::int64_t n0 = 0; n0 < d.N; n0 += chunk) {
+      const std::int64_t nb = std::min(chunk, d.N - n0);
+      const std::int64_t rows = nb * ge.pq;
+      const A beta = n0 == 0 ? A(0) : A(1);
+      const A* g_out = nullptr;
+      if constexpr (direct) {
+        g_out = pdy + n0 * ge.pq * d.K;
+      } else {
+        A* wide =
+            static_cast<A*>(conv_scratch(1, static_cast<std::size_t>(rows * d.K) * sizeof(A)));
+        const T* src = pdy + n0 * ge.pq * d.K;
+#pragma omp parallel for schedule(static) if (rows * d.K >= kParallelMin)
+        for (std::int64_t r = 0; r < rows; ++r) widen(src + r * d.K, wide + r * d.K, d.K);
+        g_out = wide;
+      }
+      const A* col = nullptr;
+      std::int64_t ld = ge.kc;
+      if (ge.identity) {
+        ld = d.C;
+        if constexpr (direct) {
+          col = px + n0 * ge.hw * d.C;
+        } else {
+          A* wide =
+              static_cast<A*>(conv_scratch(0, static_cast<std::size_t>(rows * d.C) * sizeof(A)));
+          const T* src = px + n0 * ge.hw * d.C;
+#pragma omp parallel for schedule(static) if (rows * d.C >= kParallelMin)
+          for (std::int64_t r = 0; r < rows; ++r) widen(src + r * d.C, wide + r * d.C, d.C);
+          col = wide;
+        }
+      }
+      for (std::int64_t g = 0; g < d.groups; ++g) {
+        const A* cg = nullptr;
+        if (ge.identity) {
+          cg = col + g * ge.cg;
+        } else {
+          A* buf =
+              static_cast<A*>(conv_scratch(0, static_cast<std::size_t>(rows * ge.kc) * sizeof(A)));
+          im2col(d, ge, px, n0, nb, g, buf);
+          cg = buf;
+        }
+        blas_gemm<A>(true, false, ge.kg, ge.kc, rows, g_out + g * ge.kg, d.K, cg, ld, beta,
+                     pdw + g * ge.kg * ge.kc, ge.kc);
+      }
+    }
+  });
+  if (db) bias_grad(dy, db, d.N * d.P * d.Q, d.K, false);
+}
+
+}  // namespace mixtrain::cpu
