@@ -136,6 +136,11 @@ class LayerRun {
         draw_(seed) {
     const Shape out = layer_->output_shape(in_shapes);
     decls_ = layer_->params(in_shapes);
+    // Layer buffers (batch-norm statistics) run in F64 too; persistent ones start at their init.
+    for (const BufferDecl& b : layer_->buffers(in_shapes, batch)) {
+      buffers.emplace_back(static_cast<std::size_t>(numel(b.shape)),
+                           b.persistent ? static_cast<double>(b.init) : kPoison);
+    }
     for (const Shape& s : in_shapes) {
       inputs.push_back(draw_.vec(static_cast<std::size_t>(batch * numel(s)), input_value));
     }
@@ -160,6 +165,7 @@ class LayerRun {
     ForwardArgs a{backend_, &control_, true, batch_, {}, buf(y), {}, false};
     for (const Vec& x : inputs) a.inputs.push_back(cbuf(x));
     for (const Vec& p : params) a.params.push_back(cbuf(p));
+    for (Vec& b : buffers) a.buffers.push_back(buf(b));
     layer_->forward(a);
     return y;
   }
@@ -184,6 +190,7 @@ class LayerRun {
       a.params.push_back(cbuf(params[k]));
       a.grad_params.push_back(g.params[k].data());
     }
+    for (Vec& b : buffers) a.buffers.push_back(buf(b));
     layer_->backward(a);
     return g;
   }
@@ -218,6 +225,7 @@ class LayerRun {
 
   std::vector<Vec> inputs;
   std::vector<Vec> params;
+  std::vector<Vec> buffers;  // F64, in the layer's declaration order
   Vec weights;
 
  private:

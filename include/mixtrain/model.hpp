@@ -81,9 +81,51 @@ struct DropoutOptions {
   std::string name;
 };
 
+// A (height, width) pair for kernels, strides and dilations; an integer means both.
+struct Size2 {
+  std::int64_t h = 1, w = 1;
+  Size2() = default;
+  Size2(std::int64_t both) : h(both), w(both) {}  // NOLINT(google-explicit-constructor)
+  Size2(std::int64_t height, std::int64_t width) : h(height), w(width) {}
+};
+
+// Zero padding of a 2-D layer: an integer (both sides of both dimensions), {h, w}, or "same"
+// (output = ceil(input / stride); an odd total puts the extra row / column at the bottom /
+// right, as TensorFlow does) or "valid" (none, the default).
+struct Padding {
+  Padding() = default;
+  Padding(int both) : h(both), w(both) {}  // NOLINT(google-explicit-constructor)
+  Padding(int height, int width) : h(height), w(width) {}
+  Padding(const char* name) : mode(name) {}  // NOLINT(google-explicit-constructor)
+  std::int64_t h = 0, w = 0;
+  std::string mode;  // "same", "valid" or empty (explicit h, w)
+};
+
+struct Conv2dOptions {
+  std::string name = {};  // empty: generated from the type
+  Size2 stride = 1;
+  Padding padding = "valid";
+  Size2 dilation = 1;
+  std::int64_t groups = 1;  // must divide the input channels and the filters
+  bool bias = true;
+};
+
+struct BatchNormOptions {
+  std::string name = {};  // empty: generated from the type
+  float momentum = 0.1f;  // running = (1 - momentum) * running + momentum * batch (PyTorch)
+  float epsilon = 1e-5f;
+};
+
+struct PoolOptions {
+  std::string name = {};      // empty: generated from the type
+  Size2 stride = 0;           // 0: the kernel size (non-overlapping windows)
+  Padding padding = "valid";  // at most half the kernel; padded pixels never take part
+};
+
 class ModelBuilder {
  public:
-  // input_shape: [batch, features...], e.g. {64, 784} or {64, 1, 28, 28}.
+  // input_shape: [batch, features...], e.g. {64, 784} or {64, 28, 28, 1} (images are
+  // channels-last).
   explicit ModelBuilder(Shape input_shape);
 
   // y = x W^T + b over the last dimension: [batch, in] -> [batch, units].
@@ -106,8 +148,28 @@ class ModelBuilder {
   // Per-sample shape (without the batch); one dimension may be -1 (inferred).
   ModelBuilder& reshape(Shape sample_shape, LayerOptions options = {});
 
+  // 2-D layers over channels-last images, [batch, height, width, channels].
+  // Convolution: [B, H, W, C] -> [B, P, Q, filters], weight [filters, kh, kw, C / groups].
+  ModelBuilder& conv2d(std::int64_t filters, Size2 kernel, Conv2dOptions options = {});
+  // Normalises the last dimension with batch statistics in training and running statistics in
+  // inference; fp32 gamma and beta and statistics in every precision. Running statistics are
+  // not updated on steps skipped for overflow.
+  ModelBuilder& batch_norm(BatchNormOptions options = {});
+  ModelBuilder& max_pool2d(Size2 kernel, PoolOptions options = {});
+  // Averages the input pixels of each window (padding excluded: count_include_pad=false).
+  ModelBuilder& avg_pool2d(Size2 kernel, PoolOptions options = {});
+  // [B, H, W, C] -> [B, C]
+  ModelBuilder& global_avg_pool(LayerOptions options = {});
+
   // y = body(x) + shortcut(x); with no shortcut, the identity. Both paths must end in the same
-  // shape; compile() names both when they do not.
+  // shape; compile() names both when they do not. A ResNet basic block:
+  //   b.residual([](ModelBuilder& r) { r.conv2d(128, 3, {.stride = 2, .padding = 1, .bias = false})
+  //                                     .batch_norm().relu()
+  //                                     .conv2d(128, 3, {.padding = 1, .bias = false})
+  //                                     .batch_norm(); },
+  //              [](ModelBuilder& s) { s.conv2d(128, 1, {.stride = 2, .bias = false})
+  //                                     .batch_norm(); })
+  //    .relu();
   ModelBuilder& residual(const std::function<void(ModelBuilder&)>& body,
                          const std::function<void(ModelBuilder&)>& shortcut = {},
                          LayerOptions options = {});

@@ -79,6 +79,50 @@ ModelBuilder& ModelBuilder::reshape(Shape sample_shape, LayerOptions o) {
   return append("reshape", std::move(o.name), {{"shape", sample_shape}});
 }
 
+namespace {
+
+nlohmann::json size2_json(Size2 v) {
+  return nlohmann::json::array({v.h, v.w});
+}
+
+nlohmann::json padding_json(const Padding& p) {
+  if (!p.mode.empty()) return p.mode;
+  return nlohmann::json::array({p.h, p.w});
+}
+
+nlohmann::json pool_json(Size2 kernel, const PoolOptions& o) {
+  nlohmann::json j{{"kernel", size2_json(kernel)}, {"padding", padding_json(o.padding)}};
+  if (o.stride.h != 0 || o.stride.w != 0) j["stride"] = size2_json(o.stride);  // else the kernel
+  return j;
+}
+
+}  // namespace
+
+ModelBuilder& ModelBuilder::conv2d(std::int64_t filters, Size2 kernel, Conv2dOptions o) {
+  return append("conv2d", std::move(o.name),
+                {{"filters", filters},
+                 {"kernel", size2_json(kernel)},
+                 {"stride", size2_json(o.stride)},
+                 {"padding", padding_json(o.padding)},
+                 {"dilation", size2_json(o.dilation)},
+                 {"groups", o.groups},
+                 {"bias", o.bias}});
+}
+ModelBuilder& ModelBuilder::batch_norm(BatchNormOptions o) {
+  return append("batch_norm", std::move(o.name),
+                {{"momentum", o.momentum}, {"epsilon", o.epsilon}});
+}
+
+ModelBuilder& ModelBuilder::max_pool2d(Size2 kernel, PoolOptions o) {
+  return append("max_pool2d", std::move(o.name), pool_json(kernel, o));
+}
+ModelBuilder& ModelBuilder::avg_pool2d(Size2 kernel, PoolOptions o) {
+  return append("avg_pool2d", std::move(o.name), pool_json(kernel, o));
+}
+ModelBuilder& ModelBuilder::global_avg_pool(LayerOptions o) {
+  return append("global_avg_pool", std::move(o.name), {});
+}
+
 ModelBuilder& ModelBuilder::residual(const std::function<void(ModelBuilder&)>& body,
                                      const std::function<void(ModelBuilder&)>& shortcut,
                                      LayerOptions o) {

@@ -27,6 +27,9 @@ struct ParamDecl {
   Init init = Init::Zeros;
   std::int64_t fan_in = 1;
   std::int64_t fan_out = 1;
+  // The layer reads the fp32 master copy even in mixed precision, not the FP16/BF16 working copy
+  // (batch-norm's gamma and beta: fp32 parameters with low-precision activations).
+  bool keep_fp32 = false;
 };
 
 // Memory a layer keeps besides its parameters. Persistent buffers are model state that is not

@@ -1,5 +1,7 @@
 #include "train/plan.hpp"
 
+#include <algorithm>
+
 namespace mixtrain {
 
 namespace {
@@ -25,6 +27,7 @@ Plan::Plan(const graph::Graph& g, Backend& be, const PlanOptions& o)
   for (std::size_t i = 0; i < g.nodes.size(); ++i) {
     for (const ParamDecl& p : g.nodes[i].params) {
       offsets[i].push_back(param_count);
+      if (p.keep_fp32) fp32_params_.push_back(param_count);
       param_count += numel(p.shape);
     }
   }
@@ -111,7 +114,7 @@ Plan::~Plan() {
 }
 
 CBuf Plan::param(std::int64_t offset) const {
-  if (working) {
+  if (working && !std::binary_search(fp32_params_.begin(), fp32_params_.end(), offset)) {
     return CBuf(static_cast<const char*>(working.ptr) + offset * dtype_size(working.dtype),
                 working.dtype);
   }

@@ -65,12 +65,14 @@ class Plan {
   std::int64_t persistent_count = 0;
 
   DType compute() const { return options.policy.compute; }
-  // The compute-dtype view of a parameter (the working copy, or master in fp32).
+  // The view of the parameter at `offset` that layers read: the compute-dtype working copy, or
+  // master in fp32 and for parameters declared keep_fp32.
   CBuf param(std::int64_t offset) const;
   Buf activation_of(int index) const;  // index may be graph::kModelInput
 
  private:
   void* arena_ = nullptr;
+  std::vector<std::int64_t> fp32_params_;  // sorted offsets of the keep_fp32 parameters
 };
 
 }  // namespace mixtrain
