@@ -197,7 +197,7 @@ TEST_F(Cli, BadInputExitsWithCode2AndAnErrorLine) {
       {"train --dataset csv:'" + path("data.csv") + "' --model mlp --device cpu", "784"},
       {"eval --model mlp", "--weights"},
       {"bench --workloads no_such_workload", "small_mlp"},
-      {"bench --device cpu --workloads resnet18_cifar", "convolution"},
+      {"bench --device cpu --workloads gpt_small", "attention"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.args);

@@ -144,9 +144,9 @@ TEST_F(IdxReaderTest, ReadsRawValuesAndShape) {
   EXPECT_NO_THROW(d.validate());
 }
 
-TEST_F(IdxReaderTest, ImageLayoutGivesChannelRowsCols) {
+TEST_F(IdxReaderTest, ImageLayoutIsChannelsLast) {
   const Dataset d = read_sample(/*gzip=*/false, /*image_layout=*/true);
-  EXPECT_EQ(d.sample_shape, (std::vector<std::int64_t>{1, 2, 3}));
+  EXPECT_EQ(d.sample_shape, (std::vector<std::int64_t>{2, 3, 1}));
   EXPECT_EQ(d.size(), 3u);
 }
 

@@ -24,13 +24,13 @@ std::vector<std::string> layer_types(const ModelSpec& spec) {
 }
 
 TEST(Presets, NamesAreListedInOrder) {
-  EXPECT_EQ(preset_names(),
-            (std::vector<std::string>{"mlp", "small_mlp", "large_mlp", "logistic"}));
+  EXPECT_EQ(preset_names(), (std::vector<std::string>{"mlp", "small_mlp", "large_mlp", "logistic",
+                                                      "cnn", "resnet18_cifar"}));
   for (const std::string& name : preset_names()) {
     EXPECT_TRUE(is_preset(name)) << name;
     EXPECT_FALSE(preset_description(name).empty()) << name;
   }
-  EXPECT_FALSE(is_preset("resnet18_cifar"));
+  EXPECT_FALSE(is_preset("gpt_small"));
   EXPECT_FALSE(is_preset(""));
 }
 
@@ -38,9 +38,44 @@ TEST(Presets, EveryPresetCompilesWithTheRequestedBatch) {
   for (const std::string& name : preset_names()) {
     SCOPED_TRACE(name);
     const Model m = compile(preset_model(name, 32));
-    EXPECT_EQ(m.input_shape(), (Shape{32, 784}));
+    const Shape in = name == "cnn"              ? Shape{32, 28, 28, 1}
+                     : name == "resnet18_cifar" ? Shape{32, 32, 32, 3}
+                                                : Shape{32, 784};
+    EXPECT_EQ(m.input_shape(), in);
     EXPECT_EQ(m.output_shape(), (Shape{32, 10}));
   }
+}
+
+// Convolutions (no bias: batch-norm follows), batch-norm gamma and beta, dense layers.
+TEST(Presets, ConvPresetParameterCountsAreExact) {
+  const std::int64_t cnn = 9 * 1 * 32 + 9 * 32 * 32 + 9 * 32 * 64 + 9 * 64 * 64 +
+                           2 * (32 + 32 + 64 + 64) + dense_params(7 * 7 * 64, 256) +
+                           dense_params(256, 10);
+  EXPECT_EQ(compile(preset_model("cnn", 64)).parameter_count(), cnn);
+  // torchvision-style CIFAR ResNet-18: 11,173,962 parameters (running statistics are not
+  // parameters).
+  EXPECT_EQ(compile(preset_model("resnet18_cifar", 256)).parameter_count(), 11173962);
+}
+
+TEST(Presets, Resnet18HasEightBasicBlocksAndThreeProjections) {
+  ModelSpec spec = preset_model("resnet18_cifar", 8);
+  int adds = 0, convs = 0, bns = 0, shortcuts = 0;
+  for (const LayerSpec& l : spec.layers) {
+    adds += l.type == "add";
+    convs += l.type == "conv2d";
+    bns += l.type == "batch_norm";
+    shortcuts += l.type == "conv2d" && l.attrs.at("kernel") == nlohmann::json::array({1, 1});
+    if (l.type == "conv2d") {
+      EXPECT_FALSE(l.attrs.at("bias").get<bool>()) << l.name;
+    }
+  }
+  EXPECT_EQ(adds, 8);
+  EXPECT_EQ(convs, 1 + 16 + 3);
+  EXPECT_EQ(bns, convs);
+  EXPECT_EQ(shortcuts, 3);
+  // 32x32 -> 16 -> 8 -> 4 after the stride-2 stages, pooled to 512 features.
+  spec.output = spec.layers[spec.layers.size() - 3].name;
+  EXPECT_EQ(compile(spec).output_shape(), (Shape{8, 4, 4, 512}));
 }
 
 TEST(Presets, ParameterCountsAreExact) {

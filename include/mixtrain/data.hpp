@@ -16,7 +16,7 @@ namespace mixtrain {
 // float targets (targets, target_size floats per sample) for regression and multi-label losses.
 struct Dataset {
   std::vector<float> features;             // [size(), feature_size] row-major
-  std::vector<std::int64_t> sample_shape;  // shape of one sample, e.g. {784} or {1, 28, 28}
+  std::vector<std::int64_t> sample_shape;  // shape of one sample, e.g. {784} or {28, 28, 1}
   std::vector<std::int32_t> labels;        // [size()] in [0, num_classes), or empty
   int num_classes = 0;
   std::vector<float> targets;  // [size(), target_size], or empty
@@ -32,7 +32,8 @@ struct Dataset {
 
 // Reads an IDX images file (magic 0x00000803, unsigned bytes) and an IDX labels file (0x00000801)
 // into a Dataset with features scaled to [0, 1] and sample_shape {rows*cols} (flat) or
-// {1, rows, cols} when image_layout is true. Files may be gzip-compressed (detected by content).
+// {rows, cols, 1} (channels-last, as conv2d takes images) when image_layout is true. Files may
+// be gzip-compressed (detected by content).
 // Errors (DataError) name the file and what is wrong: bad magic, truncated data, count mismatch.
 Dataset read_idx(const std::filesystem::path& images, const std::filesystem::path& labels,
                  bool image_layout = false);

@@ -204,7 +204,8 @@ Dataset read_idx(const fs::path& images, const fs::path& labels, bool image_layo
   Dataset data;
   data.features = scale_pixels(img.data, n * rows * cols);
   if (image_layout) {
-    data.sample_shape = {1, static_cast<std::int64_t>(rows), static_cast<std::int64_t>(cols)};
+    // Channels-last, the layout of the conv2d layers: [rows, cols, 1].
+    data.sample_shape = {static_cast<std::int64_t>(rows), static_cast<std::int64_t>(cols), 1};
   } else {
     data.sample_shape = {static_cast<std::int64_t>(rows * cols)};
   }

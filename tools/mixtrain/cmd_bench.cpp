@@ -25,12 +25,13 @@ struct Workload {
   const char* name;
   std::int64_t batch;
   const char* needs;  // what the library lacks while no preset exists
+  bool images;        // inputs normal(0, 1) (BENCHMARKS.md), else uniform [0, 1); no GEMM baseline
 };
 constexpr Workload kWorkloads[] = {
-    {"small_mlp", 64, ""},
-    {"large_mlp", 512, ""},
-    {"resnet18_cifar", 256, "convolution and batch-norm layers"},
-    {"gpt_small", 32, "embedding, attention and layer-norm layers"},
+    {"small_mlp", 64, "", false},
+    {"large_mlp", 512, "", false},
+    {"resnet18_cifar", 256, "", true},
+    {"gpt_small", 32, "embedding, attention and layer-norm layers", false},
 };
 constexpr int kRotatingBatches = 4;
 
@@ -80,7 +81,8 @@ struct GemmRow {
   std::optional<double> fp32_ratio;  // fp32 steady step time / GEMM time
 };
 
-// Random inputs generated once: features uniform in [0, 1), labels uniform over the classes.
+// Random inputs generated once: features uniform in [0, 1) (standard normal for image
+// workloads), labels uniform over the classes.
 struct Inputs {
   std::vector<std::vector<float>> features;
   std::vector<std::vector<std::int32_t>> labels;
@@ -88,7 +90,7 @@ struct Inputs {
   Shape label_shape;
 };
 
-Inputs make_inputs(const Model& model) {
+Inputs make_inputs(const Model& model, bool normal) {
   Inputs in;
   in.input_shape = model.input_shape();
   const std::int64_t batch = in.input_shape[0];
@@ -97,10 +99,11 @@ Inputs make_inputs(const Model& model) {
   const auto classes = static_cast<std::int32_t>(model.output_shape().back());
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
   std::uniform_int_distribution<std::int32_t> label(0, classes - 1);
   for (int b = 0; b < kRotatingBatches; ++b) {
     std::vector<float> f(static_cast<std::size_t>(batch * per_sample));
-    for (float& x : f) x = uniform(rng);
+    for (float& x : f) x = normal ? gauss(rng) : uniform(rng);
     std::vector<std::int32_t> l(static_cast<std::size_t>(batch));
     for (std::int32_t& y : l) y = label(rng);
     in.features.push_back(std::move(f));
@@ -214,7 +217,7 @@ int run_bench(const BenchOptions& o) {
   for (const Workload* w : workloads) {
     const Model model = compile(preset_model(w->name, w->batch));
     if (!o.gemm_only) {
-      const Inputs in = make_inputs(model);
+      const Inputs in = make_inputs(model, w->images);
       const std::size_t first = rows.size();
       for (Precision p : precisions) {
         std::fflush(stdout);
@@ -231,7 +234,7 @@ int run_bench(const BenchOptions& o) {
         rows[i].e2e_speedup = fp32_e2e->step_ms / rows[i].end_to_end.step_ms;
       }
     }
-    if (gemm_rows) {
+    if (gemm_rows && !w->images) {  // the GEMM baseline knows dense layers only
       std::fflush(stdout);
       std::fprintf(stderr, "running %s gemm-only...\n", w->name);
       GemmRow g;
@@ -329,7 +332,8 @@ Command add_bench_command(CLI::App& parent) {
       ->capture_default_str()
       ->check(parsed_by([](const std::string& s) { parse_device(s); }, "auto|cpu|cuda"));
   app->add_option("--workloads", o->workloads,
-                  "comma-separated workloads: small_mlp (batch 64), large_mlp (batch 512)")
+                  "comma-separated workloads: small_mlp (batch 64), large_mlp (batch 512), "
+                  "resnet18_cifar (batch 256, 32x32x3 images)")
       ->delimiter(',')
       ->capture_default_str();
   app->add_option("--precisions", o->precisions, "comma-separated precisions")

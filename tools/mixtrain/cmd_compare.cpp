@@ -33,8 +33,9 @@ int run_compare(const CompareOptions& o) {
     flags.precision = p;
     configs.push_back(make_config(flags));
   }
-  const LoadedData data = load_data(o.data);
-  const Model model = compile(resolve_model(o.model, o.batch_size));
+  const ModelSpec spec = resolve_model(o.model, o.batch_size);
+  const LoadedData data = load_data(o.data, spec);
+  const Model model = compile(spec);
   check_model_fits(model, data.train, o.model);
   const auto batches =
       static_cast<std::int64_t>((data.train.size() + static_cast<std::size_t>(o.batch_size) - 1) /

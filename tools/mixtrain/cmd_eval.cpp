@@ -23,9 +23,10 @@ int run_eval(const EvalOptions& o) {
   TrainerConfig config;
   config.precision = parse_precision(o.precision);
   config.device = parse_device(o.device);
-  const LoadedData data = load_data(o.data);
+  const ModelSpec spec = resolve_model(o.model, o.batch_size);
+  const LoadedData data = load_data(o.data, spec);
   if (data.test.size() == 0) throw DataError("the test split is empty");
-  const Model model = compile(resolve_model(o.model, o.batch_size));
+  const Model model = compile(spec);
   check_model_fits(model, data.test, o.model);
   Trainer trainer(model, config);
   trainer.load_weights(o.weights);

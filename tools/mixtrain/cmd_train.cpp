@@ -46,8 +46,8 @@ int run_train(const TrainOptions& o) {
       throw ConfigError(fmt::format("--history '{}': use a .csv or .svg extension", o.history));
     }
   }
-  const LoadedData data = load_data(o.data);
   const ModelSpec spec = resolve_model(o.model, o.batch_size);
+  const LoadedData data = load_data(o.data, spec);
   const Model model = compile(spec);
   check_model_fits(model, data.train.size() > 0 ? data.train : data.test, o.model);
   const auto batches =

@@ -75,7 +75,12 @@ void add_data_options(CLI::App& app, DataOptions& o) {
 }
 
 LoadedData load_data(const DataOptions& o) {
+  return load_data(o, ModelSpec{});
+}
+
+LoadedData load_data(const DataOptions& o, const ModelSpec& model) {
   if (o.dataset == "fashion-mnist") {
+    const bool images = model.input_shape.size() == 4;
     const std::filesystem::path dir =
         o.data_dir.empty() ? default_fashion_mnist_dir() : std::filesystem::path(o.data_dir);
     if (!std::filesystem::is_directory(dir)) {
@@ -85,10 +90,10 @@ LoadedData load_data(const DataOptions& o) {
           dir.string()));
     }
     LoadedData d;
-    d.train = load_fashion_mnist(dir, "train");
-    d.test = load_fashion_mnist(dir, "test");
-    d.description =
-        fmt::format("fashion-mnist ({} train, {} test images)", d.train.size(), d.test.size());
+    d.train = load_fashion_mnist(dir, "train", images);
+    d.test = load_fashion_mnist(dir, "test", images);
+    d.description = fmt::format("fashion-mnist ({} train, {} test images{})", d.train.size(),
+                                d.test.size(), images ? ", 28x28x1" : "");
     return d;
   }
   if (o.dataset.starts_with(kCsvPrefix)) {
