@@ -127,9 +127,13 @@ class FusedGemm : public CudaVsCpu {
       mg.bias = e.bias ? std::fabs(biasv[static_cast<std::size_t>(col)]) : 0.0;
       return mg;
     };
+    // With an fp16/bf16 output, cuBLASLt's activation epilogues may split K and add the partial
+    // products in the output type (seen on the H200: errors of several ulps of the output where
+    // the plain bias epilogue showed one), so the bound is eps_c * (sum |a b| + |bias|) rather
+    // than eps_c * |z|.
     auto z_err = [&](const Mag& mg) {
       return 2.0 * static_cast<double>(e.k) * kEps32 * mg.sum_abs + 2.0 * kEps32 * mg.bias +
-             (low ? eps_c * (std::fabs(mg.prod) + 2.0 * mg.bias) : 0.0);
+             (low ? eps_c * (mg.sum_abs + 2.0 * mg.bias) : 0.0);
     };
     if (e.aux) {
       EXPECT_TRUE(all_close(zref, zgot, [&](std::size_t i) {
@@ -146,7 +150,11 @@ class FusedGemm : public CudaVsCpu {
       }
       return eps_c * std::fabs(yref[i]) + err * (1.0 + eps_c) + dtype_min_subnormal(e.t);
     })) << "output";
-    EXPECT_TRUE(all_written(ygot)) << "output";
+    std::vector<float> written;  // the padding columns stay poisoned on purpose
+    for (std::size_t i = 0; i < ygot.size(); ++i) {
+      if (static_cast<std::int64_t>(i) % ldc < e.n) written.push_back(ygot[i]);
+    }
+    EXPECT_TRUE(all_written(written)) << "output";
   }
 
   // dW = dy^T x (bias gradient of A: the sum over rows of dy), or C = A B with the column sums
@@ -154,8 +162,7 @@ class FusedGemm : public CudaVsCpu {
   void weight_grad(Backend& g, DType ab, GemmOperand which, std::int64_t m, std::int64_t n,
                    std::int64_t k) {
     SCOPED_TRACE(std::string(dtype_name(ab)) + (which == GemmOperand::A ? " of A" : " of B") +
-                 " m=" + std::to_string(m) + " n=" + std::to_string(n) +
-                 " k=" + std::to_string(k));
+                 " m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k));
     const bool of_a = which == GemmOperand::A;
     Twin a(cpu(), g, ab, m * k), b(cpu(), g, ab, k * n), c(cpu(), g, DType::F32, m * n);
     const std::int64_t len = of_a ? m : n;
@@ -200,8 +207,8 @@ class FusedGemm : public CudaVsCpu {
     EXPECT_TRUE(all_close(dbref, dbgot, [&](std::size_t j) {
       double sum_abs = 0.0;
       for (std::int64_t p = 0; p < k; ++p) {
-        const std::size_t at = of_a ? static_cast<std::size_t>(p * m) + j
-                                    : static_cast<std::size_t>(p * n) + j;
+        const std::size_t at =
+            of_a ? static_cast<std::size_t>(p * m) + j : static_cast<std::size_t>(p * n) + j;
         sum_abs += std::fabs((of_a ? av : bv)[at]);
       }
       return kEps32 * std::fabs(dbref[j]) + 2.0 * static_cast<double>(k) * kEps32 * sum_abs +
@@ -238,8 +245,8 @@ class FusedGemm : public CudaVsCpu {
   void all_weight_grad_cases(Backend& g) {
     for (DType t : float_dtypes()) {
       for (GemmOperand which : {GemmOperand::A, GemmOperand::B}) {
-        weight_grad(g, t, which, 256, 512, 64);   // small_mlp's second layer, batch 64
-        weight_grad(g, t, which, 48, 72, 300);    // more than one chunk of rows to sum
+        weight_grad(g, t, which, 256, 512, 64);  // small_mlp's second layer, batch 64
+        weight_grad(g, t, which, 48, 72, 300);   // more than one chunk of rows to sum
         weight_grad(g, t, which, 37, 29, 53 + uniform_int(0, 3));
       }
     }
