@@ -87,8 +87,8 @@ TEST(FusionGraph, DenseReluAndDenseTanhGeluFuse) {
   const Model plain = compile_fused(mlp_spec(), false);
   EXPECT_EQ(node_names(plain), (std::vector<std::string>{"dense_1", "relu_1", "dropout_1",
                                                          "dense_2", "gelu_1", "dense_3"}));
-  EXPECT_EQ(node_names(fused), (std::vector<std::string>{"dense_1+relu_1", "dropout_1",
-                                                         "dense_2+gelu_1", "dense_3"}));
+  EXPECT_EQ(node_names(fused),
+            (std::vector<std::string>{"dense_1+relu_1", "dropout_1", "dense_2+gelu_1", "dense_3"}));
   const auto& g = fused.graph();
   const auto* d1 = dynamic_cast<const Dense*>(g.nodes[0].layer.get());
   const auto* d2 = dynamic_cast<const Dense*>(g.nodes[2].layer.get());
@@ -129,8 +129,8 @@ TEST(FusionGraph, CasesThatDoNotFuse) {
                  layer("r4", "relu", {"d4"})};
   spec.output = "d4";  // d4 is the output and r4 (not an ancestor of it) also reads it
   const Model m = compile_fused(spec, true);
-  EXPECT_EQ(node_names(m), (std::vector<std::string>{"r0", "d1", "g1", "d2", "l2", "d3", "r3",
-                                                     "a3", "d4", "r4"}));
+  EXPECT_EQ(node_names(m),
+            (std::vector<std::string>{"r0", "d1", "g1", "d2", "l2", "d3", "r3", "a3", "d4", "r4"}));
 }
 
 TEST(FusionGraph, ReadersOfTheRemovedActivationResolveToTheFusedNode) {
@@ -146,8 +146,7 @@ TEST(FusionGraph, ReadersOfTheRemovedActivationResolveToTheFusedNode) {
                  layer("head_relu", "relu", {"head"})};
   spec.output = "head_relu";
   const Model m = compile_fused(spec, true);
-  EXPECT_EQ(node_names(m),
-            (std::vector<std::string>{"fc+act", "proj", "res", "head+head_relu"}));
+  EXPECT_EQ(node_names(m), (std::vector<std::string>{"fc+act", "proj", "res", "head+head_relu"}));
   const auto& g = m.graph();
   EXPECT_EQ(g.nodes[1].inputs, std::vector<int>{0});
   EXPECT_EQ(g.nodes[2].inputs, (std::vector<int>{0, 1}));
@@ -181,7 +180,8 @@ TEST(FusionGraph, EnvironmentSwitchesItOff) {
   EXPECT_EQ(node_names(m)[0], "dense_1");
 }
 
-// ---- running a compiled graph layer by layer on the CPU backend ----------------------------------
+// ---- running a compiled graph layer by layer on the CPU backend
+// ----------------------------------
 
 template <typename T>
 constexpr DType dtype_of() {
@@ -287,8 +287,17 @@ class GraphExec {
     for (std::size_t i = count; i-- > 0;) {
       if (!written[i]) continue;
       const auto& node = g_.nodes[i];
-      BackwardArgs a{backend_, &control_, batch_, {}, CBuf(act[i].data(), dtype_of<T>()),
-                     CBuf(dact[i].data(), dtype_of<T>()), {}, {}, {}, {}, false};
+      BackwardArgs a{backend_,
+                     &control_,
+                     batch_,
+                     {},
+                     CBuf(act[i].data(), dtype_of<T>()),
+                     CBuf(dact[i].data(), dtype_of<T>()),
+                     {},
+                     {},
+                     {},
+                     {},
+                     false};
       a.grad_param_dtype = dtype_of<T>();
       for (int src : node.inputs) {
         a.inputs.push_back(CBuf(activation(src).data(), dtype_of<T>()));
@@ -370,8 +379,8 @@ TEST(FusionNumerics, TrainerFusedEqualsUnfused) {
     Precision precision;
     bool gelu;
   };
-  for (const Case& cs : {Case{Precision::FP32, true}, Case{Precision::FP16, false},
-                         Case{Precision::BF16, false}}) {
+  for (const Case& cs :
+       {Case{Precision::FP32, true}, Case{Precision::FP16, false}, Case{Precision::BF16, false}}) {
     SCOPED_TRACE(std::string(precision_name(cs.precision)));
     ModelBuilder b({16, 10});
     b.dense(24).relu().dropout(0.2f).dense(12);
@@ -405,7 +414,8 @@ TEST(FusionNumerics, TrainerFusedEqualsUnfused) {
   }
 }
 
-// ---- float64 finite differences of the fused layers ----------------------------------------------
+// ---- float64 finite differences of the fused layers
+// ----------------------------------------------
 
 void check_fused_gradients(Activation act) {
   ModelBuilder b({3, 4});
@@ -465,7 +475,8 @@ TEST(FusionGradient, DenseTanhGeluMatchesFloat64FiniteDifferences) {
   check_fused_gradients(Activation::GELUTanh);
 }
 
-// ---- the CPU backend's fused GEMM epilogues -------------------------------------------------------
+// ---- the CPU backend's fused GEMM epilogues
+// -------------------------------------------------------
 
 std::vector<float> random_values(std::mt19937& rng, std::size_t n, float lo, float hi) {
   std::uniform_real_distribution<float> u(lo, hi);
@@ -513,7 +524,8 @@ void check_forward_epilogue(Activation act, bool with_aux) {
   be.gemm(gz);
   if (kT != DType::F32) {
     for (std::int64_t r = 0; r < m; ++r) {
-      for (std::int64_t c = 0; c < n; ++c) z[static_cast<std::size_t>(r * n + c)] += load(bias[static_cast<std::size_t>(c)]);
+      for (std::int64_t c = 0; c < n; ++c)
+        z[static_cast<std::size_t>(r * n + c)] += load(bias[static_cast<std::size_t>(c)]);
     }
   }
   std::vector<T> y(static_cast<std::size_t>(m * n)), aux(static_cast<std::size_t>(m * n));

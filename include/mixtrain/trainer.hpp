@@ -31,7 +31,7 @@ bool cuda_available();
 struct TrainerConfig {
   Optimizer optimizer = Optimizer::Adam;
   float learning_rate = 1e-3f;
-  ScheduleConfig schedule;  // constant by default
+  ScheduleConfig schedule;    // constant by default
   float weight_decay = 0.0f;  // coupled L2 added to the gradient (AdamW: see adamw options)
   SgdOptions sgd;
   AdamOptions adam;

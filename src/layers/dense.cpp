@@ -21,8 +21,7 @@ std::vector<ParamDecl> Dense::params(const std::vector<Shape>& in) const {
   return p;
 }
 
-std::vector<BufferDecl> Dense::buffers(const std::vector<Shape>& in,
-                                       std::int64_t max_batch) const {
+std::vector<BufferDecl> Dense::buffers(const std::vector<Shape>& in, std::int64_t max_batch) const {
   if (activation_ == Activation::Identity) return {};
   const std::int64_t per_sample = numel(in[0]) / in[0].back();
   return {{"pre_activation", {max_batch * per_sample, units_}, DType::F32, false, 0.0f}};
@@ -73,8 +72,8 @@ void Dense::backward(const BackwardArgs& a) const {
                                     m * units_, false);
     } else {
       // In place over the pre-activation the forward pass stored.
-      a.backend.activation_backward(activation_, 0.0f, s, a.output, a.grad_output, s,
-                                    m * units_, false);
+      a.backend.activation_backward(activation_, 0.0f, s, a.output, a.grad_output, s, m * units_,
+                                    false);
     }
     dz = s;
   }

@@ -57,8 +57,9 @@ std::string panel(const std::vector<StepStats>& h, int index, const std::string&
       "<rect x='{}' y='{}' width='{}' height='{}' fill='none' stroke='#999'/>\n"
       "<text x='{}' y='{}' font-size='13' font-family='sans-serif'>{}</text>\n",
       kLeft, top, plot_w, kPanel, kLeft, top - 8, escape(label));
-  if (!(lo <= hi)) return out + fmt::format("<text x='{}' y='{}' font-size='12'>no finite values</text>\n",
-                                            kLeft + 10, top + 20);
+  if (!(lo <= hi))
+    return out + fmt::format("<text x='{}' y='{}' font-size='12'>no finite values</text>\n",
+                             kLeft + 10, top + 20);
   if (hi == lo) {
     hi += 0.5;
     lo -= 0.5;
@@ -74,9 +75,10 @@ std::string panel(const std::vector<StepStats>& h, int index, const std::string&
                      points);
   for (std::size_t i = 0; i < h.size(); ++i) {
     if (h[i].skipped) {
-      out += fmt::format("<line x1='{0:.1f}' x2='{0:.1f}' y1='{1}' y2='{2}' stroke='#d62728' "
-                         "stroke-opacity='0.5'/>\n",
-                         x(i), top, top + kPanel);
+      out += fmt::format(
+          "<line x1='{0:.1f}' x2='{0:.1f}' y1='{1}' y2='{2}' stroke='#d62728' "
+          "stroke-opacity='0.5'/>\n",
+          x(i), top, top + kPanel);
     }
   }
   out += fmt::format(
@@ -101,14 +103,17 @@ std::string history_svg(const std::vector<StepStats>& h, const std::string& titl
   auto finite = [](double v) -> std::optional<double> {
     return std::isfinite(v) ? std::optional<double>(v) : std::nullopt;
   };
-  out += panel(h, 0, "loss", [&](const StepStats& s) { return finite(s.loss); }, "#1f77b4");
-  out += panel(h, 1, "loss scale (log2)",
-               [&](const StepStats& s) { return finite(std::log2(s.loss_scale)); }, "#2ca02c");
-  out += panel(h, 2, "gradient norm, unscaled (log10)",
-               [&](const StepStats& s) {
-                 return s.grad_norm > 0 ? finite(std::log10(s.grad_norm)) : std::nullopt;
-               },
-               "#ff7f0e");
+  out += panel(
+      h, 0, "loss", [&](const StepStats& s) { return finite(s.loss); }, "#1f77b4");
+  out += panel(
+      h, 1, "loss scale (log2)",
+      [&](const StepStats& s) { return finite(std::log2(s.loss_scale)); }, "#2ca02c");
+  out += panel(
+      h, 2, "gradient norm, unscaled (log10)",
+      [&](const StepStats& s) {
+        return s.grad_norm > 0 ? finite(std::log10(s.grad_norm)) : std::nullopt;
+      },
+      "#ff7f0e");
   const double axis_y = kTop + 3 * (kPanel + kGap) - kGap + 16;
   out += fmt::format(
       "<text x='{}' y='{}' font-size='11'>step 0</text>\n"

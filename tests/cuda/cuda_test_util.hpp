@@ -40,8 +40,12 @@ inline double dtype_min_subnormal(DType t) {
   }
 }
 
-inline std::uint16_t f16_bits(float v) { return float_to_f16(v); }
-inline std::uint16_t bf16_bits(float v) { return float_to_bf16(v); }
+inline std::uint16_t f16_bits(float v) {
+  return float_to_f16(v);
+}
+inline std::uint16_t bf16_bits(float v) {
+  return float_to_bf16(v);
+}
 
 // Rounds a float through a storage dtype, as the backends store it.
 inline float round_to_dtype(float v, DType t) {
@@ -116,7 +120,11 @@ class DeviceMemory {
 class Twin {
  public:
   Twin(Backend& cpu, Backend& gpu, DType t, std::int64_t n, std::int64_t offset = 0)
-      : cpu_(cpu), gpu_(gpu), dtype_(t), n_(n), offset_(offset),
+      : cpu_(cpu),
+        gpu_(gpu),
+        dtype_(t),
+        n_(n),
+        offset_(offset),
         cpu_mem_(cpu, static_cast<std::size_t>(n + offset) * dtype_size(t) + 16),
         gpu_mem_(gpu, static_cast<std::size_t>(n + offset) * dtype_size(t) + 16) {}
 
@@ -135,7 +143,9 @@ class Twin {
     return from_bytes(bytes, dtype_);
   }
   // NaN everywhere (or -1 for I32), so an element a kernel forgot to write shows.
-  void poison() { set(std::vector<float>(static_cast<std::size_t>(n_), dtype_ == DType::I32 ? -1.0f : NAN)); }
+  void poison() {
+    set(std::vector<float>(static_cast<std::size_t>(n_), dtype_ == DType::I32 ? -1.0f : NAN));
+  }
 
   std::vector<float> cpu_values() const { return read(cpu_, cpu_ptr()); }
   std::vector<float> gpu_values() const { return read(gpu_, gpu_ptr()); }
@@ -161,7 +171,10 @@ class Twin {
 class TwinControl {
  public:
   TwinControl(Backend& cpu, Backend& gpu)
-      : cpu_(cpu), gpu_(gpu), cpu_mem_(cpu, sizeof(StepControl)), gpu_mem_(gpu, sizeof(StepControl)) {
+      : cpu_(cpu),
+        gpu_(gpu),
+        cpu_mem_(cpu, sizeof(StepControl)),
+        gpu_mem_(gpu, sizeof(StepControl)) {
     StepControl c{};
     c.loss_scale = 1.0f;
     c.inv_scale = 1.0f;
@@ -223,8 +236,8 @@ inline ::testing::AssertionResult all_close(const std::vector<float>& cpu,
     }
   }
   if (bad == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << bad << " of " << cpu.size() << " elements differ:"
-                                       << msg.str();
+  return ::testing::AssertionFailure()
+         << bad << " of " << cpu.size() << " elements differ:" << msg.str();
 }
 
 inline ::testing::AssertionResult all_equal(const std::vector<float>& cpu,
@@ -277,8 +290,12 @@ class CudaVsCpu : public ::testing::Test {
   std::mt19937 rng_;
 };
 
-inline std::vector<DType> float_dtypes() { return {DType::F32, DType::F16, DType::BF16}; }
+inline std::vector<DType> float_dtypes() {
+  return {DType::F32, DType::F16, DType::BF16};
+}
 
-inline std::string dtype_trace(DType t) { return "dtype " + std::string(dtype_name(t)); }
+inline std::string dtype_trace(DType t) {
+  return "dtype " + std::string(dtype_name(t));
+}
 
 }  // namespace mixtrain::cuda_test

@@ -23,8 +23,8 @@ namespace {
 
 // One output ulp plus the absolute fp32 error `fp32_err` carried into the rounding.
 double out_tol(DType t, float ref, double fp32_err) {
-  return dtype_epsilon(t) * std::fabs(static_cast<double>(ref)) + fp32_err * (1.0 + dtype_epsilon(t)) +
-         dtype_min_subnormal(t);
+  return dtype_epsilon(t) * std::fabs(static_cast<double>(ref)) +
+         fp32_err * (1.0 + dtype_epsilon(t)) + dtype_min_subnormal(t);
 }
 
 using ElementwiseTest = CudaVsCpu;
@@ -93,10 +93,10 @@ struct ActCase {
 };
 
 const ActCase kActs[] = {
-    {Activation::Identity, 0.0f, "identity", true},  {Activation::ReLU, 0.0f, "relu", true},
+    {Activation::Identity, 0.0f, "identity", true},    {Activation::ReLU, 0.0f, "relu", true},
     {Activation::LeakyReLU, 0.1f, "leaky_relu", true}, {Activation::ELU, 1.3f, "elu", false},
-    {Activation::Sigmoid, 0.0f, "sigmoid", false},    {Activation::Tanh, 0.0f, "tanh", false},
-    {Activation::Swish, 0.0f, "swish", false},        {Activation::GELU, 0.0f, "gelu", false},
+    {Activation::Sigmoid, 0.0f, "sigmoid", false},     {Activation::Tanh, 0.0f, "tanh", false},
+    {Activation::Swish, 0.0f, "swish", false},         {Activation::GELU, 0.0f, "gelu", false},
     {Activation::GELUTanh, 0.0f, "gelu_tanh", false},
 };
 
@@ -205,7 +205,9 @@ TEST_F(ElementwiseTest, DropoutSameMaskAsCpu) {
         const std::vector<float> bref = dx.cpu_values(), bgot = dx.gpu_values();
         // Exact without accumulate; with it, prev + dy * scale may be one FMA on one side.
         EXPECT_TRUE(all_close(bref, bgot, [&](std::size_t i) {
-          return acc ? out_tol(t, bref[i], 2.0 * kEps32 * (std::fabs(prev[i]) + 2.0 * std::fabs(dyv[i]) / (1.0 - rate)))
+          return acc ? out_tol(t, bref[i],
+                               2.0 * kEps32 *
+                                   (std::fabs(prev[i]) + 2.0 * std::fabs(dyv[i]) / (1.0 - rate)))
                      : 0.0;
         }));
       }
@@ -244,7 +246,8 @@ TEST_F(ElementwiseTest, SoftmaxForwardAndBackward) {
       // Sum of cols exponentials in a different order, expf within 2 ulp, one division:
       // (cols + 8) eps32 relative before the rounding to the output.
       const double rel = (static_cast<double>(cols) + 8.0) * kEps32;
-      EXPECT_TRUE(all_close(yv, yg, [&](std::size_t i) { return out_tol(t, yv[i], rel * std::fabs(yv[i])); }));
+      EXPECT_TRUE(all_close(
+          yv, yg, [&](std::size_t i) { return out_tol(t, yv[i], rel * std::fabs(yv[i])); }));
 
       for (bool acc : {false, true}) {
         SCOPED_TRACE(acc ? "backward accumulate" : "backward");

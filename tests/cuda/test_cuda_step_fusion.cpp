@@ -23,7 +23,8 @@ TEST_F(StepFusion, GradientCheckRepeatsAndReplays) {
       for (int call = 0; call < 4; ++call) {
         SCOPED_TRACE(std::string(replay ? "replay " : "call ") + std::to_string(call));
         std::vector<float> v = normal(n, 0, 100);
-        if (call == 1) v[static_cast<std::size_t>(uniform_int(0, static_cast<int>(n) - 1))] = INFINITY;
+        if (call == 1)
+          v[static_cast<std::size_t>(uniform_int(0, static_cast<int>(n) - 1))] = INFINITY;
         g.set(v);
         StepControl c = control.gpu_value();
         c.loss_scale = 128.0f;
@@ -99,8 +100,7 @@ TEST_F(StepFusion, LossRepeatsAndReplays) {
 
 // The optimizer's arrays on the GPU, twice: one copy for the fused call, one for the two ops.
 struct OptimizerState {
-  OptimizerState(Backend& cpu, Backend& gpu, const OptimizerHyper& h, std::int64_t n,
-                 DType working)
+  OptimizerState(Backend& cpu, Backend& gpu, const OptimizerHyper& h, std::int64_t n, DType working)
       : slots(optimizer_state_slots(h)),
         master(cpu, gpu, DType::F32, n),
         grad(cpu, gpu, DType::F32, n),
@@ -109,7 +109,8 @@ struct OptimizerState {
         history(cpu, gpu, DType::F32, 4 * 8) {
     for (int k = 0; k < slots; ++k) {
       state.push_back(std::make_unique<Twin>(cpu, gpu, DType::F32, n));
-      state.back()->set(std::vector<float>(static_cast<std::size_t>(n), optimizer_state_init(h, k)));
+      state.back()->set(
+          std::vector<float>(static_cast<std::size_t>(n), optimizer_state_init(h, k)));
     }
     history.set(std::vector<float>(4 * 8, 0.0f));
     desc.hyper = h;
@@ -124,8 +125,7 @@ struct OptimizerState {
   }
   StepRecord* gpu_history() { return static_cast<StepRecord*>(history.gpu_ptr()); }
   std::vector<std::vector<float>> values() {
-    std::vector<std::vector<float>> v{master.gpu_values(), work.gpu_values(),
-                                      history.gpu_values()};
+    std::vector<std::vector<float>> v{master.gpu_values(), work.gpu_values(), history.gpu_values()};
     for (auto& s : state) v.push_back(s->gpu_values());
     return v;
   }

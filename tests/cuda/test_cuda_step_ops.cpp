@@ -26,7 +26,7 @@ Unscaled unscale_both(Backend& cpu, Backend& gpu, const std::vector<float>& grad
   StepControl c{};
   c.loss_scale = scale;
   c.inv_scale = 1.0f / scale;
-  c.found_inf = 0.5f;     // stale values the pass must overwrite
+  c.found_inf = 0.5f;  // stale values the pass must overwrite
   c.grad_norm_sq = -1.0f;
   control.set(c);
   cpu.check_gradients(static_cast<float*>(g.cpu_ptr()), n, control.cpu());
@@ -35,7 +35,7 @@ Unscaled unscale_both(Backend& cpu, Backend& gpu, const std::vector<float>& grad
 }
 
 TEST_F(StepOpsTest, UnscaleAndCheckCleanGradients) {
-  for (std::int64_t offset : {0, 1}) {   // float4 path and scalar path
+  for (std::int64_t offset : {0, 1}) {  // float4 path and scalar path
     for (std::int64_t n : {1, 1000, 100003}) {
       SCOPED_TRACE("n " + std::to_string(n) + " offset " + std::to_string(offset));
       const Unscaled u = unscale_both(cpu(), gpu(), normal(n, 0, 1000), offset, 1024.0f);
@@ -113,7 +113,8 @@ std::vector<OptCase> optimizer_cases() {
     h.rmsprop.centered = true;
     h.rmsprop.momentum = 0.9f;
   });
-  add("adagrad", Optimizer::AdaGrad, [](OptimizerHyper& h) { h.adagrad.initial_accumulator = 0.1f; });
+  add("adagrad", Optimizer::AdaGrad,
+      [](OptimizerHyper& h) { h.adagrad.initial_accumulator = 0.1f; });
   add("adadelta", Optimizer::AdaDelta, [](OptimizerHyper&) {});
   add("nadam", Optimizer::Nadam, [](OptimizerHyper&) {});
   return cases;
@@ -132,8 +133,8 @@ TEST_F(StepOpsTest, OptimizerStepMatchesCpuForEveryOptimizer) {
         std::vector<std::unique_ptr<Twin>> state;
         for (int k = 0; k < slots; ++k) {
           state.push_back(std::make_unique<Twin>(cpu(), gpu(), DType::F32, n));
-          state.back()->set(std::vector<float>(static_cast<std::size_t>(n),
-                                               optimizer_state_init(oc.hyper, k)));
+          state.back()->set(
+              std::vector<float>(static_cast<std::size_t>(n), optimizer_state_init(oc.hyper, k)));
         }
         master.set(normal(n, 0, 1));
         work.poison();
@@ -209,7 +210,8 @@ TEST_F(StepOpsTest, OptimizerStepMatchesCpuForEveryOptimizer) {
             }));
           }
           // What finish_step does after an applied step.
-          c.optimizer_scalar = next_optimizer_scalar(oc.hyper, c.optimizer_scalar, c.optimizer_steps);
+          c.optimizer_scalar =
+              next_optimizer_scalar(oc.hyper, c.optimizer_scalar, c.optimizer_steps);
           c.optimizer_steps += 1;
         }
       }
@@ -222,7 +224,8 @@ TEST_F(StepOpsTest, OptimizerSkipsWhenFoundInf) {
   h.kind = Optimizer::Adam;
   const std::int64_t n = 777;
   Twin master(cpu(), gpu(), DType::F32, n), grad(cpu(), gpu(), DType::F32, n),
-      m(cpu(), gpu(), DType::F32, n), v(cpu(), gpu(), DType::F32, n), work(cpu(), gpu(), DType::F16, n);
+      m(cpu(), gpu(), DType::F32, n), v(cpu(), gpu(), DType::F32, n),
+      work(cpu(), gpu(), DType::F16, n);
   const std::vector<float> p0 = master.set(normal(n, 0, 1));
   grad.set(normal(n, 0, 1));
   m.set(std::vector<float>(static_cast<std::size_t>(n), 0.0f));

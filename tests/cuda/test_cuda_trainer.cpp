@@ -328,8 +328,10 @@ TEST_F(EndToEnd, RegressionWithFloatTargets) {
       c.device = Device::CUDA;
       Trainer tg(m, c);
       for (int s = 0; s < 10; ++s) {
-        const float lc = tc.train_batch(x.data(), {kBatch, kFeatures}, y.data(), {kBatch, 3}).loss();
-        const float lg = tg.train_batch(x.data(), {kBatch, kFeatures}, y.data(), {kBatch, 3}).loss();
+        const float lc =
+            tc.train_batch(x.data(), {kBatch, kFeatures}, y.data(), {kBatch, 3}).loss();
+        const float lg =
+            tg.train_batch(x.data(), {kBatch, kFeatures}, y.data(), {kBatch, 3}).loss();
         EXPECT_NEAR(lg, lc, (p == Precision::FP32 ? 1e-3 : 2e-2) * std::fabs(lc))
             << loss_name(loss) << " " << precision_name(p) << " step " << s;
       }
@@ -352,7 +354,8 @@ TEST_F(EndToEnd, BadInputsThrowTheSameTypesAndLeaveTheTrainerUsable) {
     EXPECT_THROW(t.train_batch(x.data(), {kBatch, kFeatures}, y.data(), {kBatch}), DataError);
     y[3] = 0;
     EXPECT_THROW(t.train_batch(x.data(), {kBatch, kFeatures + 1}, y.data(), {kBatch}), ShapeError);
-    EXPECT_THROW(t.train_batch(x.data(), {kBatch + 1, kFeatures}, y.data(), {kBatch + 1}), ShapeError);
+    EXPECT_THROW(t.train_batch(x.data(), {kBatch + 1, kFeatures}, y.data(), {kBatch + 1}),
+                 ShapeError);
     EXPECT_THROW(t.train_batch(x.data(), {kBatch, kFeatures}, y.data(), {kBatch - 1}), ShapeError);
     const std::vector<float> targets(static_cast<std::size_t>(kBatch * kClasses), 0.0f);
     EXPECT_THROW(t.train_batch(x.data(), {kBatch, kFeatures}, targets.data(), {kBatch, kClasses}),

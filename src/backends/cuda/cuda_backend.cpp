@@ -68,6 +68,8 @@ CudaBackend::CudaBackend() {
   graphs_enabled_ = !(graphs != nullptr && std::strcmp(graphs, "0") == 0);
   const char* epilogues = std::getenv("MIXTRAIN_CUDA_FUSED_EPILOGUES");
   fused_epilogues_ = !(epilogues != nullptr && std::strcmp(epilogues, "0") == 0);
+  const char* autotune = std::getenv("MIXTRAIN_GEMM_AUTOTUNE");
+  gemm_autotune_ = !(autotune != nullptr && std::strcmp(autotune, "0") == 0);
 }
 
 CudaBackend::~CudaBackend() {

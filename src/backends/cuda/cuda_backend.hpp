@@ -111,6 +111,10 @@ class CudaBackend final : public Backend {
   // Whether run_step captures graphs (false when MIXTRAIN_CUDA_GRAPHS=0).
   bool graphs_enabled() const { return graphs_enabled_; }
   cudaStream_t stream() const { return stream_; }
+  // Whether new GEMM plans time the heuristic's candidates (false when MIXTRAIN_GEMM_AUTOTUNE=0).
+  bool gemm_autotune_enabled() const { return gemm_autotune_; }
+  // How many GEMM plans of this backend were chosen by timing (for tests and diagnostics).
+  std::size_t gemm_plans_autotuned() const { return gemm_autotuned_; }
 
  private:
   // True during the host-only planning pass of a step's first run_step: ops validate their
@@ -125,6 +129,10 @@ class CudaBackend final : public Backend {
 
   // The cached plan of a GEMM: the most fused epilogue cuBLASLt has an algorithm for.
   GemmPlan& gemm_plan(const GemmDesc& d);
+  // Times the heuristic's candidates for a new plan on scratch operands and returns the index
+  // of the one to keep (cuda_gemm.cpp). Allocates and synchronises: never during a capture.
+  int gemm_autotune(GemmPlan& plan, const GemmDesc& d,
+                    const cublasLtMatmulHeuristicResult_t* results, int returned, int chosen);
   // target = beta * C + bias over every row (target is C or aux, laid out as C; gemm with
   // k == 0, and the bias seed of the fallback). beta == 0 never reads C.
   void gemm_epilogue_only(const GemmDesc& d, Buf target, float beta, bool with_bias);
@@ -173,6 +181,9 @@ class CudaBackend final : public Backend {
   // cuBLASLt activation and bias-gradient epilogues (false when MIXTRAIN_CUDA_FUSED_EPILOGUES=0:
   // separate kernels instead, for debugging and A/B timing).
   bool fused_epilogues_ = true;
+  // Time the heuristic's candidates when a GEMM plan is created outside a capture (cuda_gemm.cpp).
+  bool gemm_autotune_ = true;
+  std::size_t gemm_autotuned_ = 0;
   bool planning_ = false;
   bool capturing_ = false;
   std::unordered_map<std::string, cudaGraphExec_t> graphs_;

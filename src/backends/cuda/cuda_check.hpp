@@ -13,29 +13,29 @@ namespace mixtrain::cuda {
 
 }  // namespace mixtrain::cuda
 
-#define MIXTRAIN_CUDA_CHECK(call)                                                  \
-  do {                                                                             \
-    const cudaError_t mixtrain_cuda_err_ = (call);                                 \
-    if (mixtrain_cuda_err_ != cudaSuccess) {                                       \
+#define MIXTRAIN_CUDA_CHECK(call)                                                        \
+  do {                                                                                   \
+    const cudaError_t mixtrain_cuda_err_ = (call);                                       \
+    if (mixtrain_cuda_err_ != cudaSuccess) {                                             \
       ::mixtrain::cuda::throw_cuda_error(mixtrain_cuda_err_, #call, __FILE__, __LINE__); \
-    }                                                                              \
+    }                                                                                    \
   } while (0)
 
-#define MIXTRAIN_CUBLAS_CHECK(call)                                                    \
-  do {                                                                                 \
-    const cublasStatus_t mixtrain_cublas_st_ = (call);                                 \
-    if (mixtrain_cublas_st_ != CUBLAS_STATUS_SUCCESS) {                                \
+#define MIXTRAIN_CUBLAS_CHECK(call)                                                         \
+  do {                                                                                      \
+    const cublasStatus_t mixtrain_cublas_st_ = (call);                                      \
+    if (mixtrain_cublas_st_ != CUBLAS_STATUS_SUCCESS) {                                     \
       ::mixtrain::cuda::throw_cublas_error(mixtrain_cublas_st_, #call, __FILE__, __LINE__); \
-    }                                                                                  \
+    }                                                                                       \
   } while (0)
 
 // After every kernel launch: catches bad launch configurations (and earlier asynchronous faults)
 // at the launch site.
-#define MIXTRAIN_CUDA_LAUNCH_CHECK(kernel_name)                                                 \
-  do {                                                                                          \
-    const cudaError_t mixtrain_cuda_err_ = cudaGetLastError();                                  \
-    if (mixtrain_cuda_err_ != cudaSuccess) {                                                    \
+#define MIXTRAIN_CUDA_LAUNCH_CHECK(kernel_name)                                                  \
+  do {                                                                                           \
+    const cudaError_t mixtrain_cuda_err_ = cudaGetLastError();                                   \
+    if (mixtrain_cuda_err_ != cudaSuccess) {                                                     \
       ::mixtrain::cuda::throw_cuda_error(mixtrain_cuda_err_, "launch of " kernel_name, __FILE__, \
-                                         __LINE__);                                             \
-    }                                                                                           \
+                                         __LINE__);                                              \
+    }                                                                                            \
   } while (0)

@@ -159,8 +159,8 @@ __global__ void activation_rows_kernel(Activation act, const T* in, T* out, std:
                                        std::int64_t n, std::int64_t ld) {
   const std::int64_t total = m * n;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       i < total; i += stride) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += stride) {
     const std::int64_t at = (i / n) * ld + i % n;
     out[at] = Dev<T>::store(activation_value(act, 0.0f, Dev<T>::load(in[at])));
   }
@@ -173,8 +173,8 @@ __global__ void epilogue_kernel(TC* c, std::int64_t m, std::int64_t n, std::int6
                                 const TB* bias) {
   const std::int64_t total = batch * m * n;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       i < total; i += stride) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += stride) {
     const std::int64_t col = i % n, row = (i / n) % m, b = i / (m * n);
     TC* p = c + b * stride_c + row * ldc + col;
     float v = bias != nullptr ? Dev<TB>::load(bias[col]) : 0.0f;
@@ -206,8 +206,8 @@ void CudaBackend::convert(CBuf src, Buf dst, std::int64_t n, bool accumulate) {
     dispatch_float(dst.dtype, "convert", [&](auto d) {
       using D = decltype(d);
       if (planning()) return;
-      launch_map(stream_, grid_for(n, kThreads), CopyOp{}, static_cast<D*>(dst.ptr), accumulate,
-                 n, static_cast<const S*>(src.ptr));
+      launch_map(stream_, grid_for(n, kThreads), CopyOp{}, static_cast<D*>(dst.ptr), accumulate, n,
+                 static_cast<const S*>(src.ptr));
     });
   });
 }
@@ -313,8 +313,8 @@ void CudaBackend::gemm_activation(const GemmDesc& d, CBuf z) {
                  total, in);
       return;
     }
-    activation_rows_kernel<<<grid_for(total, kThreads), kThreads, 0, stream_>>>(
-        d.epilogue, in, out, d.m, d.n, d.ldc);
+    activation_rows_kernel<<<grid_for(total, kThreads), kThreads, 0, stream_>>>(d.epilogue, in, out,
+                                                                                d.m, d.n, d.ldc);
     MIXTRAIN_CUDA_LAUNCH_CHECK("activation_rows_kernel");
   });
 }

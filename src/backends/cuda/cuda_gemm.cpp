@@ -4,12 +4,16 @@
 // per shape (GemmKey) and reused, so a step does no cuBLASLt setup and a captured graph replays
 // the same algorithms.
 #include <algorithm>
+#include <array>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "backends/cuda/cuda_backend.hpp"
 #include "backends/cuda/cuda_check.hpp"
+#include "core/half.hpp"
 #include "mixtrain/error.hpp"
 
 namespace mixtrain::cuda {
@@ -156,7 +160,219 @@ std::vector<Fusion> candidates(const GemmDesc& d, bool fused_epilogues) {
   return out;
 }
 
+// ---- autotuning -------------------------------------------------------------------------------
+// When a plan is created outside a stream capture, the heuristic's candidates (up to 8) are timed
+// on scratch operands of the plan's shapes and dtypes, and the fastest is kept. Docs: cuda.md.
+
+constexpr int kTuneWarmup = 2;
+constexpr int kTuneTimed = 5;
+// Scratch operands larger than this in total are not allocated: the heuristic's pick is kept.
+constexpr std::size_t kTuneMaxScratchBytes = std::size_t{1} << 30;
+// Another candidate replaces the heuristic's pick only when it is faster by more than this
+// fraction, so timing noise does not swap between near-equal algorithms.
+constexpr float kTuneMargin = 0.02f;
+
+// True when the stream is being captured (or its state cannot be read): no tuning then.
+bool stream_capturing(cudaStream_t s) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(s, &status) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return true;
+  }
+  return status != cudaStreamCaptureStatusNone;
+}
+
+// Elements spanned by a row-major matrix of `rows` rows with leading dimension ld, batched.
+std::size_t span_elems(std::int64_t rows, std::int64_t ld, std::int64_t batch, std::int64_t stride) {
+  const std::int64_t batches = batch > 1 ? (batch - 1) * stride : 0;
+  return static_cast<std::size_t>(batches + rows * ld);
+}
+
+// Split-K partial sums added in the output type (in place or through the workspace): more
+// rounding than the fp32 accumulation when C is fp16/bf16. Such a candidate is only used when it
+// is the heuristic's own pick, so tuning never makes a product less accurate than before.
+bool reduces_in_low_precision(const cublasLtMatmulAlgo_t& algo, DType c) {
+  if (c == DType::F32) return false;
+  std::uint32_t splitk = 1, scheme = CUBLASLT_REDUCTION_SCHEME_NONE;
+  std::size_t written = 0;
+  if (cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk,
+                                           sizeof splitk, &written) != CUBLAS_STATUS_SUCCESS ||
+      cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme,
+                                           sizeof scheme, &written) != CUBLAS_STATUS_SUCCESS) {
+    return true;  // unknown: treat as inexact
+  }
+  return splitk > 1 && (scheme == CUBLASLT_REDUCTION_SCHEME_INPLACE ||
+                        scheme == CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE);
+}
+
+// Fills `bytes` of device memory with small values of all signs (|x| <= 0.5) of dtype t: not
+// zeros, which run faster than real data. A 64 KiB host pattern, then doubling device copies.
+void fill_pattern(void* dst, std::size_t bytes, DType t, cudaStream_t s,
+                  std::vector<unsigned char>& host) {
+  constexpr std::size_t kPattern = std::size_t{64} << 10;
+  const std::size_t elem = dtype_size(t);
+  host.assign(kPattern, 0);
+  std::uint32_t x = 0x9E3779B9u;
+  for (std::size_t i = 0; i + elem <= kPattern; i += elem) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    const float v = static_cast<float>(x >> 8) * (1.0f / 16777216.0f) - 0.5f;
+    if (t == DType::F32) {
+      std::memcpy(host.data() + i, &v, 4);
+    } else {
+      const std::uint16_t b = t == DType::F16 ? float_to_f16(v) : float_to_bf16(v);
+      std::memcpy(host.data() + i, &b, 2);
+    }
+  }
+  auto* p = static_cast<unsigned char*>(dst);
+  const std::size_t first = std::min(bytes, kPattern);
+  MIXTRAIN_CUDA_CHECK(cudaMemcpyAsync(p, host.data(), first, cudaMemcpyHostToDevice, s));
+  // The host pattern must outlive the copy: wait before the caller reuses `host`.
+  MIXTRAIN_CUDA_CHECK(cudaStreamSynchronize(s));
+  for (std::size_t done = first; done < bytes;) {
+    const std::size_t n = std::min(done, bytes - done);
+    MIXTRAIN_CUDA_CHECK(cudaMemcpyAsync(p + done, p, n, cudaMemcpyDeviceToDevice, s));
+    done += n;
+  }
+}
+
+// Device scratch and timing events of one tuning; released (after the stream drains) on exit.
+struct TuneScratch {
+  cudaStream_t stream = nullptr;
+  std::vector<void*> buffers;
+  cudaEvent_t start = nullptr, stop = nullptr;
+
+  explicit TuneScratch(cudaStream_t s) : stream(s) {}
+  ~TuneScratch() {
+    (void)cudaStreamSynchronize(stream);
+    for (void* p : buffers) (void)cudaFree(p);
+    if (start != nullptr) (void)cudaEventDestroy(start);
+    if (stop != nullptr) (void)cudaEventDestroy(stop);
+    (void)cudaGetLastError();
+  }
+  TuneScratch(const TuneScratch&) = delete;
+  TuneScratch& operator=(const TuneScratch&) = delete;
+
+  // nullptr when the allocation fails (the tuning is then skipped).
+  void* get(std::size_t bytes) {
+    void* p = nullptr;
+    if (cudaMalloc(&p, std::max<std::size_t>(bytes, 1)) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return nullptr;
+    }
+    buffers.push_back(p);
+    return p;
+  }
+};
+
+// The process-wide record of tuned choices, so backends of one process (a graph run and an eager
+// run, say) use the same algorithm for the same plan and give the same bits. Keyed by device,
+// GemmKey and the fusion the plan kept; a recorded algorithm is reused only when the heuristic
+// still offers it.
+using TunedKey = std::array<std::int64_t, std::tuple_size_v<GemmKey> + 2>;
+std::mutex tuned_mutex;
+std::map<TunedKey, cublasLtMatmulAlgo_t>& tuned_algos() {
+  static std::map<TunedKey, cublasLtMatmulAlgo_t> algos;
+  return algos;
+}
+
+bool same_algo(const cublasLtMatmulAlgo_t& a, const cublasLtMatmulAlgo_t& b) {
+  return std::memcmp(&a, &b, sizeof a) == 0;
+}
+
 }  // namespace
+
+// Times the usable candidates on scratch operands of d's shapes and dtypes and returns the
+// index of the one to keep: `chosen` (the heuristic's pick) unless another is faster by more than
+// kTuneMargin. Returns `chosen` when nothing could be timed. Never called during a capture.
+int CudaBackend::gemm_autotune(GemmPlan& plan, const GemmDesc& d,
+                               const cublasLtMatmulHeuristicResult_t* results, int returned,
+                               int chosen) {
+  std::vector<int> cands;
+  for (int i = 0; i < returned; ++i) {
+    if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    if (results[i].workspaceSize > workspace_bytes_) continue;
+    if (i != chosen && reduces_in_low_precision(results[i].algo, d.c.dtype)) continue;
+    cands.push_back(i);
+  }
+  if (cands.size() < 2) return chosen;
+  if (d.stride_a < 0 || d.stride_b < 0 || d.stride_c < 0) return chosen;
+
+  const std::size_t ab = dtype_size(d.a.dtype), cs = dtype_size(d.c.dtype);
+  const std::size_t a_bytes = span_elems(d.trans_a ? d.k : d.m, d.lda, d.batch, d.stride_a) * ab;
+  const std::size_t b_bytes = span_elems(d.trans_b ? d.n : d.k, d.ldb, d.batch, d.stride_b) * ab;
+  const std::size_t c_bytes = span_elems(d.m, d.ldc, d.batch, d.stride_c) * cs;
+  const std::size_t vec_bytes = static_cast<std::size_t>(std::max(d.m, d.n)) * 4;  // bias, bgrad
+  const bool need_aux = plan.act_fused && d.aux;
+  const bool need_vec = plan.bias_fused || plan.bgrad_fused;
+  if (a_bytes + b_bytes + c_bytes * (need_aux ? 2 : 1) + vec_bytes > kTuneMaxScratchBytes) {
+    return chosen;
+  }
+
+  TuneScratch scratch(stream_);
+  void* a = scratch.get(a_bytes);
+  void* b = a != nullptr ? scratch.get(b_bytes) : nullptr;
+  void* c = b != nullptr ? scratch.get(c_bytes) : nullptr;
+  void* vec = c != nullptr && need_vec ? scratch.get(vec_bytes) : nullptr;
+  void* aux = c != nullptr && need_aux ? scratch.get(c_bytes) : nullptr;
+  if (c == nullptr || (need_vec && vec == nullptr) || (need_aux && aux == nullptr)) return chosen;
+  ++gemm_autotuned_;
+  MIXTRAIN_CUDA_CHECK(cudaEventCreate(&scratch.start));
+  MIXTRAIN_CUDA_CHECK(cudaEventCreate(&scratch.stop));
+  std::vector<unsigned char> host;
+  fill_pattern(a, a_bytes, d.a.dtype, stream_, host);
+  fill_pattern(b, b_bytes, d.a.dtype, stream_, host);
+  fill_pattern(c, c_bytes, d.c.dtype, stream_, host);
+  if (plan.bias_fused) fill_pattern(vec, vec_bytes, d.c.dtype, stream_, host);
+
+  // The descriptor points at the scratch epilogue buffers while timing; gemm() sets the real
+  // pointers before every call anyway, and they are restored below.
+  const auto point = [&](const void* vec_ptr, void* aux_ptr) {
+    if (plan.bias_fused || plan.bgrad_fused) {
+      set_attr(plan.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, vec_ptr);
+    }
+    if (need_aux) set_attr(plan.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux_ptr);
+  };
+  point(vec, aux);
+  const float alpha = d.alpha;
+  const float beta = d.bias && !plan.bias_fused ? 1.0f : d.beta;  // as gemm() calls it
+  const auto launch = [&](int i) {
+    return cublasLtMatmul(lt_, plan.op, &alpha, b, plan.a, a, plan.b, &beta, c, plan.c, c,
+                          plan.c, &results[i].algo, workspace_, workspace_bytes_, stream_);
+  };
+  std::vector<float> ms(static_cast<std::size_t>(returned), -1.0f);
+  for (const int i : cands) {
+    bool ok = true;
+    for (int r = 0; r < kTuneWarmup && ok; ++r) ok = launch(i) == CUBLAS_STATUS_SUCCESS;
+    if (ok) MIXTRAIN_CUDA_CHECK(cudaEventRecord(scratch.start, stream_));
+    for (int r = 0; r < kTuneTimed && ok; ++r) ok = launch(i) == CUBLAS_STATUS_SUCCESS;
+    if (!ok) {  // a candidate cuBLASLt refuses to run: skipped
+      (void)cudaGetLastError();
+      MIXTRAIN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      continue;
+    }
+    MIXTRAIN_CUDA_CHECK(cudaEventRecord(scratch.stop, stream_));
+    MIXTRAIN_CUDA_CHECK(cudaEventSynchronize(scratch.stop));
+    float elapsed = 0.0f;
+    MIXTRAIN_CUDA_CHECK(cudaEventElapsedTime(&elapsed, scratch.start, scratch.stop));
+    ms[static_cast<std::size_t>(i)] = elapsed;
+  }
+  MIXTRAIN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  point(plan.bias_fused ? d.bias.ptr : plan.bgrad_fused ? d.bias_grad.ptr : nullptr, d.aux.ptr);
+
+  int best = -1;
+  for (const int i : cands) {
+    const float t = ms[static_cast<std::size_t>(i)];
+    if (t >= 0.0f && (best < 0 || t < ms[static_cast<std::size_t>(best)])) best = i;
+  }
+  if (best < 0) return chosen;
+  const float base = ms[static_cast<std::size_t>(chosen)];
+  if (base >= 0.0f && ms[static_cast<std::size_t>(best)] >= base * (1.0f - kTuneMargin)) {
+    return chosen;
+  }
+  return best;
+}
 
 GemmPlan& CudaBackend::gemm_plan(const GemmDesc& d) {
   const cudaDataType_t ab_type = cuda_type(d.a.dtype, "operands");
@@ -294,6 +510,34 @@ GemmPlan& CudaBackend::gemm_plan(const GemmDesc& d) {
     throw DeviceError("cuBLASLt has no algorithm for " + describe(d) + " (alignments A " +
                       std::to_string(align_a) + ", B " + std::to_string(align_b) + ", C " +
                       std::to_string(align_c) + " bytes)");
+  }
+  // Autotuning: only outside a capture (the planning pass, eager steps, calls outside run_step),
+  // since it allocates, copies and synchronises.
+  if (gemm_autotune_ && returned > 1 && !capturing_ && !stream_capturing(stream_)) {
+    TunedKey tkey{};
+    std::copy(key.begin(), key.end(), tkey.begin());
+    tkey[key.size()] = device_;
+    tkey[key.size() + 1] = (plan->bias_fused ? 1 : 0) | (plan->act_fused ? 2 : 0) |
+                           (plan->bgrad_fused ? 4 : 0) | (fused_epilogues_ ? 8 : 0);
+    int pick = -1;
+    {
+      const std::lock_guard<std::mutex> lock(tuned_mutex);
+      const auto known = tuned_algos().find(tkey);
+      if (known != tuned_algos().end()) {
+        for (int i = 0; i < returned && pick < 0; ++i) {
+          if (results[i].state == CUBLAS_STATUS_SUCCESS &&
+              same_algo(results[i].algo, known->second)) {
+            pick = i;
+          }
+        }
+      }
+    }
+    if (pick < 0) {
+      pick = gemm_autotune(*plan, d, results, returned, chosen);
+      const std::lock_guard<std::mutex> lock(tuned_mutex);
+      tuned_algos()[tkey] = results[pick].algo;
+    }
+    chosen = pick;
   }
   plan->algo = results[chosen].algo;
   return *gemm_plans_.emplace(key, std::move(plan)).first->second;

@@ -38,10 +38,10 @@ __device__ __forceinline__ void finish_loss(const double* partial, double* share
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     cross_entropy_kernel(const T* __restrict__ pred, std::int64_t rows, std::int64_t cols,
-                         const std::int32_t* __restrict__ labels,
-                         const float* __restrict__ targets, T* __restrict__ grad,
-                         const StepControl* control, float denom, double* __restrict__ partial,
-                         unsigned int* __restrict__ counter, float* loss) {
+                         const std::int32_t* __restrict__ labels, const float* __restrict__ targets,
+                         T* __restrict__ grad, const StepControl* control, float denom,
+                         double* __restrict__ partial, unsigned int* __restrict__ counter,
+                         float* loss) {
   __shared__ double warp_loss[kWarpsPerBlock];
   __shared__ double shared[kWarpsPerBlock];
   const float gscale = grad_scale(control, denom);
@@ -55,7 +55,8 @@ __global__ void __launch_bounds__(kThreads)
     for (std::int64_t c = lane; c < cols; c += kWarp) mx = fmaxf(mx, ld(x, c));
     mx = warp_max(mx);
     double sum = 0.0;
-    for (std::int64_t c = lane; c < cols; c += kWarp) sum += exp(static_cast<double>(ld(x, c) - mx));
+    for (std::int64_t c = lane; c < cols; c += kWarp)
+      sum += exp(static_cast<double>(ld(x, c) - mx));
     sum = warp_sum(sum);
     const float lse = mx + static_cast<float>(log(sum));
     const float* tgt = targets != nullptr ? targets + r * cols : nullptr;
@@ -91,10 +92,9 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     elementwise_loss_kernel(LossKind kind, float delta, const T* __restrict__ pred,
-                            const float* __restrict__ targets, std::int64_t n,
-                            T* __restrict__ grad, const StepControl* control, float denom,
-                            double* __restrict__ partial, unsigned int* __restrict__ counter,
-                            float* loss) {
+                            const float* __restrict__ targets, std::int64_t n, T* __restrict__ grad,
+                            const StepControl* control, float denom, double* __restrict__ partial,
+                            unsigned int* __restrict__ counter, float* loss) {
   __shared__ double shared[kWarpsPerBlock];
   const float gscale = grad_scale(control, denom);
   double acc = 0.0;
@@ -112,8 +112,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 __global__ void __launch_bounds__(kThreads)
-    loss_finalize_kernel(const double* __restrict__ partial, int count, float denom,
-                         float* loss) {
+    loss_finalize_kernel(const double* __restrict__ partial, int count, float denom, float* loss) {
   __shared__ double shared[kWarpsPerBlock];
   double acc = 0.0;
   for (int i = static_cast<int>(threadIdx.x); i < count; i += kThreads) acc += partial[i];

@@ -88,8 +88,8 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void bias_grad_combine_kernel(const float* __restrict__ partial, std::int64_t chunks,
                                          std::int64_t cols, float* db, bool accumulate) {
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-  for (std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       c < cols; c += stride) {
+  for (std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < cols;
+       c += stride) {
     float total = 0.0f;
     for (std::int64_t k = 0; k < chunks; ++k) total += partial[k * cols + c];
     db[c] = accumulate ? db[c] + total : total;
@@ -117,8 +117,8 @@ void CudaBackend::softmax_backward(CBuf y, CBuf dy, Buf dx, std::int64_t rows, s
     using T = decltype(t);
     if (planning() || rows <= 0 || cols <= 0) return;
     softmax_backward_kernel<<<grid_for(rows, kWarpsPerBlock), kThreads, 0, stream_>>>(
-        static_cast<const T*>(y.ptr), static_cast<const T*>(dy.ptr), static_cast<T*>(dx.ptr),
-        rows, cols, accumulate);
+        static_cast<const T*>(y.ptr), static_cast<const T*>(dy.ptr), static_cast<T*>(dx.ptr), rows,
+        cols, accumulate);
     MIXTRAIN_CUDA_LAUNCH_CHECK("softmax_backward_kernel");
   });
 }
