@@ -111,10 +111,6 @@ class CudaBackend final : public Backend {
   // Whether run_step captures graphs (false when MIXTRAIN_CUDA_GRAPHS=0).
   bool graphs_enabled() const { return graphs_enabled_; }
   cudaStream_t stream() const { return stream_; }
-  // Whether new GEMM plans time the heuristic's candidates (false when MIXTRAIN_GEMM_AUTOTUNE=0).
-  bool gemm_autotune_enabled() const { return gemm_autotune_; }
-  // How many GEMM plans of this backend were chosen by timing (for tests and diagnostics).
-  std::size_t gemm_plans_autotuned() const { return gemm_autotuned_; }
 
  private:
   // True during the host-only planning pass of a step's first run_step: ops validate their
@@ -183,7 +179,6 @@ class CudaBackend final : public Backend {
   bool fused_epilogues_ = true;
   // Time the heuristic's candidates when a GEMM plan is created outside a capture (cuda_gemm.cpp).
   bool gemm_autotune_ = true;
-  std::size_t gemm_autotuned_ = 0;
   bool planning_ = false;
   bool capturing_ = false;
   std::unordered_map<std::string, cudaGraphExec_t> graphs_;

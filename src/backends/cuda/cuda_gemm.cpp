@@ -317,7 +317,6 @@ int CudaBackend::gemm_autotune(GemmPlan& plan, const GemmDesc& d,
   void* vec = c != nullptr && need_vec ? scratch.get(vec_bytes) : nullptr;
   void* aux = c != nullptr && need_aux ? scratch.get(c_bytes) : nullptr;
   if (c == nullptr || (need_vec && vec == nullptr) || (need_aux && aux == nullptr)) return chosen;
-  ++gemm_autotuned_;
   MIXTRAIN_CUDA_CHECK(cudaEventCreate(&scratch.start));
   MIXTRAIN_CUDA_CHECK(cudaEventCreate(&scratch.stop));
   std::vector<unsigned char> host;
