@@ -25,9 +25,9 @@ struct GemmPlan {
   cublasLtMatrixLayout_t c = nullptr;  // C and D (and aux: same dtype and layout)
   cublasLtMatmulAlgo_t algo{};
   // What cuBLASLt's epilogue does; the rest of what the GemmDesc asks for is done apart:
-  bool bias_fused = false;  // false: the bias (if any) is seeded by gemm_epilogue_only
-  bool act_fused = false;   // false: the activation (if any) runs after, from D
-  bool bgrad_fused = false; // false: the bias gradient (if any) is a bias_grad() call
+  bool bias_fused = false;   // false: the bias (if any) is seeded by gemm_epilogue_only
+  bool act_fused = false;    // false: the activation (if any) runs after, from D
+  bool bgrad_fused = false;  // false: the bias gradient (if any) is a bias_grad() call
 
   ~GemmPlan() {
     if (c != nullptr) (void)cublasLtMatrixLayoutDestroy(c);
@@ -37,7 +37,9 @@ struct GemmPlan {
   }
 };
 
-void GemmPlanDeleter::operator()(GemmPlan* plan) const noexcept { delete plan; }
+void GemmPlanDeleter::operator()(GemmPlan* plan) const noexcept {
+  delete plan;
+}
 
 std::size_t GemmKeyHash::operator()(const GemmKey& k) const noexcept {
   std::uint64_t h = 0xcbf29ce484222325ull;
@@ -101,11 +103,11 @@ cublasLtMatrixLayout_t make_layout(cudaDataType_t type, std::int64_t rows, std::
 }
 
 std::string describe(const GemmDesc& d) {
-  return "gemm m=" + std::to_string(d.m) + " n=" + std::to_string(d.n) + " k=" +
-         std::to_string(d.k) + " trans_a=" + std::to_string(d.trans_a) +
+  return "gemm m=" + std::to_string(d.m) + " n=" + std::to_string(d.n) +
+         " k=" + std::to_string(d.k) + " trans_a=" + std::to_string(d.trans_a) +
          " trans_b=" + std::to_string(d.trans_b) + " lda=" + std::to_string(d.lda) +
-         " ldb=" + std::to_string(d.ldb) + " ldc=" + std::to_string(d.ldc) + " batch=" +
-         std::to_string(d.batch) + " operands " + std::string(dtype_name(d.a.dtype)) +
+         " ldb=" + std::to_string(d.ldb) + " ldc=" + std::to_string(d.ldc) +
+         " batch=" + std::to_string(d.batch) + " operands " + std::string(dtype_name(d.a.dtype)) +
          " output " + std::string(dtype_name(d.c.dtype)) +
          (d.bias ? " bias " + std::string(dtype_name(d.bias.dtype)) : std::string()) +
          (d.epilogue != Activation::Identity
@@ -122,7 +124,8 @@ struct Fusion {
 
 cublasLtEpilogue_t epilogue_of(const GemmDesc& d, const Fusion& f) {
   if (f.act) {
-    if (d.epilogue == Activation::ReLU) return f.bias ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
+    if (d.epilogue == Activation::ReLU)
+      return f.bias ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
     if (d.aux) return f.bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
     return f.bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU;
   }
@@ -147,10 +150,9 @@ cublasLtEpilogue_t epilogue_of(const GemmDesc& d, const Fusion& f) {
 std::vector<Fusion> candidates(const GemmDesc& d, bool fused_epilogues) {
   Fusion full;
   full.bias = d.bias && d.bias.dtype == d.c.dtype;
-  full.act = fused_epilogues &&
-             ((d.epilogue == Activation::ReLU && !d.aux) ||
-              (d.epilogue == Activation::GELUTanh && d.c.dtype != DType::F32 &&
-               (!d.aux || d.ldc % 8 == 0)));
+  full.act = fused_epilogues && ((d.epilogue == Activation::ReLU && !d.aux) ||
+                                 (d.epilogue == Activation::GELUTanh && d.c.dtype != DType::F32 &&
+                                  (!d.aux || d.ldc % 8 == 0)));
   full.bgrad = fused_epilogues && d.bias_grad && !d.bias && d.epilogue == Activation::Identity &&
                d.alpha == 1.0f && d.beta == 0.0f && d.bias_grad.dtype == DType::F32;
   std::vector<Fusion> out{full};
@@ -183,7 +185,8 @@ bool stream_capturing(cudaStream_t s) {
 }
 
 // Elements spanned by a row-major matrix of `rows` rows with leading dimension ld, batched.
-std::size_t span_elems(std::int64_t rows, std::int64_t ld, std::int64_t batch, std::int64_t stride) {
+std::size_t span_elems(std::int64_t rows, std::int64_t ld, std::int64_t batch,
+                       std::int64_t stride) {
   const std::int64_t batches = batch > 1 ? (batch - 1) * stride : 0;
   return static_cast<std::size_t>(batches + rows * ld);
 }
@@ -337,8 +340,8 @@ int CudaBackend::gemm_autotune(GemmPlan& plan, const GemmDesc& d,
   const float alpha = d.alpha;
   const float beta = d.bias && !plan.bias_fused ? 1.0f : d.beta;  // as gemm() calls it
   const auto launch = [&](int i) {
-    return cublasLtMatmul(lt_, plan.op, &alpha, b, plan.a, a, plan.b, &beta, c, plan.c, c,
-                          plan.c, &results[i].algo, workspace_, workspace_bytes_, stream_);
+    return cublasLtMatmul(lt_, plan.op, &alpha, b, plan.a, a, plan.b, &beta, c, plan.c, c, plan.c,
+                          &results[i].algo, workspace_, workspace_bytes_, stream_);
   };
   std::vector<float> ms(static_cast<std::size_t>(returned), -1.0f);
   for (const int i : cands) {
@@ -475,16 +478,15 @@ GemmPlan& CudaBackend::gemm_plan(const GemmDesc& d) {
     // Without a fused activation the product is written to aux instead of C (laid out alike):
     // the algorithm must accept both pointers.
     const std::int64_t align_d = d.aux ? std::min(align_c, align_aux) : align_c;
-    const std::uint32_t aligns[4] = {static_cast<std::uint32_t>(align_b),
-                                     static_cast<std::uint32_t>(align_a),
-                                     static_cast<std::uint32_t>(align_d),
-                                     static_cast<std::uint32_t>(align_d)};
+    const std::uint32_t aligns[4] = {
+        static_cast<std::uint32_t>(align_b), static_cast<std::uint32_t>(align_a),
+        static_cast<std::uint32_t>(align_d), static_cast<std::uint32_t>(align_d)};
     const cublasLtMatmulPreferenceAttributes_t align_attrs[4] = {
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
     for (int i = 0; i < 4; ++i) {
-      MIXTRAIN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, align_attrs[i], &aligns[i],
-                                                                 sizeof aligns[i]));
+      MIXTRAIN_CUBLAS_CHECK(
+          cublasLtMatmulPreferenceSetAttribute(pref, align_attrs[i], &aligns[i], sizeof aligns[i]));
     }
     // Most fused first; the last candidate fuses nothing.
     for (const Fusion& f : candidates(d, fused_epilogues_)) {
