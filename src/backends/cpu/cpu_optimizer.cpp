@@ -15,15 +15,37 @@ namespace {
 
 // One pass over a chunk at a time: the update loop has the optimizer kind and the slot count as
 // compile-time constants (so it vectorises), then the chunk's working copy is rounded in bulk.
-template <Optimizer K, int Slots, typename W>
-void update_range(const OptimizerDesc& d, const OptimizerStepScalars& sc, W* working) {
+// One chunk, outside any OpenMP region: the optimizer kind is a constant the compiler folds the
+// rule's switch on (inside an outlined parallel region the copy would be read through a pointer
+// and the loop would not vectorise).
+template <Optimizer K, int Slots>
+void update_chunk(const OptimizerDesc& d, const OptimizerStepScalars& sc, std::int64_t begin,
+                  std::int64_t end) {
   OptimizerHyper hyper = d.hyper;
-  hyper.kind = K;  // a constant the compiler folds the rule's switch on
+  hyper.kind = K;
   float* __restrict const master = d.master;
   const float* __restrict const grad = d.grad;
   float* __restrict const s0 = d.state[0];
   float* __restrict const s1 = d.state[1];
   float* __restrict const s2 = d.state[2];
+  const OptimizerStepScalars scalars = sc;
+  for (std::int64_t i = begin; i < end; ++i) {
+    float s[kMaxOptimizerSlots] = {};
+    if constexpr (Slots > 0) s[0] = s0[i];
+    if constexpr (Slots > 1) s[1] = s1[i];
+    if constexpr (Slots > 2) s[2] = s2[i];
+    float p = master[i];
+    optimizer_update_element(hyper, scalars, p, grad[i], s);
+    master[i] = p;
+    if constexpr (Slots > 0) s0[i] = s[0];
+    if constexpr (Slots > 1) s1[i] = s[1];
+    if constexpr (Slots > 2) s2[i] = s[2];
+  }
+}
+
+// Chunks in parallel; each chunk's working copy is rounded in bulk right after its update.
+template <Optimizer K, int Slots, typename W>
+void update_range(const OptimizerDesc& d, const OptimizerStepScalars& sc, W* working) {
   const std::int64_t count = d.count;
   constexpr std::int64_t kChunk = 2048;
   const std::int64_t chunks = (count + kChunk - 1) / kChunk;
@@ -31,19 +53,8 @@ void update_range(const OptimizerDesc& d, const OptimizerStepScalars& sc, W* wor
 #pragma omp parallel for schedule(static) if (count >= 65536)
   for (std::int64_t c = 0; c < chunks; ++c) {
     const std::int64_t begin = c * kChunk, end = std::min(count, begin + kChunk);
-    for (std::int64_t i = begin; i < end; ++i) {
-      float s[kMaxOptimizerSlots] = {};
-      if constexpr (Slots > 0) s[0] = s0[i];
-      if constexpr (Slots > 1) s[1] = s1[i];
-      if constexpr (Slots > 2) s[2] = s2[i];
-      float p = master[i];
-      optimizer_update_element(hyper, sc, p, grad[i], s);
-      master[i] = p;
-      if constexpr (Slots > 0) s0[i] = s[0];
-      if constexpr (Slots > 1) s1[i] = s[1];
-      if constexpr (Slots > 2) s2[i] = s[2];
-    }
-    if constexpr (!std::is_void_v<W>) cpu::narrow(master + begin, working + begin, end - begin);
+    update_chunk<K, Slots>(d, sc, begin, end);
+    if constexpr (!std::is_void_v<W>) cpu::narrow(d.master + begin, working + begin, end - begin);
   }
 }
 
