@@ -7,6 +7,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__F16C__) && !defined(__CUDACC__)
+#include <immintrin.h>
+#endif
+
 namespace mixtrain {
 
 struct f16 {
@@ -84,8 +88,23 @@ struct Elem<float> {
 };
 template <>
 struct Elem<f16> {
-  static float load(f16 v) { return f16_to_float(v.bits); }
-  static f16 store(float v) { return f16{float_to_f16(v)}; }
+#if defined(__F16C__) && !defined(__CUDACC__)
+  // The hardware conversions round exactly like the functions above (the tests compare them on
+  // every half and on ~10^6 floats) and cost one instruction instead of a dozen.
+  static float load(f16 v) {
+    return _cvtsh_ss(v.bits);
+  }
+  static f16 store(float v) {
+    return f16{static_cast<std::uint16_t>(_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT))};
+  }
+#else
+  static float load(f16 v) {
+    return f16_to_float(v.bits);
+  }
+  static f16 store(float v) {
+    return f16{float_to_f16(v)};
+  }
+#endif
 };
 template <>
 struct Elem<bf16> {
