@@ -207,10 +207,6 @@ Trainer::Impl::Impl(const Model& m, TrainerConfig c) : model(m), config(std::mov
   scaler.history_size = plan->options.history_size;
 
   const std::int64_t b = g.max_batch;
-  host_inputs = static_cast<float*>(
-      backend->alloc_host(static_cast<std::size_t>(b * numel(g.sample_shape)) * sizeof(float)));
-  host_labels = static_cast<std::int32_t*>(backend->alloc_host(
-      static_cast<std::size_t>(b * rows_per_sample + 1) * sizeof(std::int32_t)));
   host_targets = static_cast<float*>(
       backend->alloc_host(static_cast<std::size_t>(b * numel(out) + 1) * sizeof(float)));
   backend->synchronize();
@@ -223,8 +219,6 @@ Trainer::Impl::~Impl() {
       backend->free(b.inputs);
       backend->free(b.expected);
     }
-    backend->free_host(host_inputs);
-    backend->free_host(host_labels);
     backend->free_host(host_targets);
     plan.reset();
   }
@@ -295,12 +289,10 @@ void Trainer::Impl::check_targets(const float* targets, const Shape& shape, std:
 
 void Trainer::Impl::upload_inputs(const float* inputs, std::int64_t n) {
   const std::int64_t count = n * numel(model.graph().sample_shape);
-  std::memcpy(host_inputs, inputs, static_cast<std::size_t>(count) * sizeof(float));
   if (plan->input.dtype == DType::F32) {
-    backend->upload(plan->input.ptr, host_inputs, static_cast<std::size_t>(count) * sizeof(float));
+    backend->upload(plan->input.ptr, inputs, static_cast<std::size_t>(count) * sizeof(float));
   } else {
-    backend->upload(plan->input_staging, host_inputs,
-                    static_cast<std::size_t>(count) * sizeof(float));
+    backend->upload(plan->input_staging, inputs, static_cast<std::size_t>(count) * sizeof(float));
     backend->convert(CBuf(plan->input_staging, DType::F32), plan->input, count, false);
   }
 }
@@ -438,9 +430,7 @@ void Trainer::Impl::upload_labels(const std::int32_t* labels, const Shape& shape
   check_labels(labels, shape, n);
   const std::int64_t count = n * rows_per_sample;
   if (uses_labels) {
-    std::memcpy(host_labels, labels, static_cast<std::size_t>(count) * sizeof(std::int32_t));
-    backend->upload(plan->labels, host_labels,
-                    static_cast<std::size_t>(count) * sizeof(std::int32_t));
+    backend->upload(plan->labels, labels, static_cast<std::size_t>(count) * sizeof(std::int32_t));
     return;
   }
   // Binary losses: 0/1 labels become float targets.

@@ -36,9 +36,8 @@ struct Trainer::Impl {
   std::vector<std::vector<bool>> grad_input;        // [node][input]: gradient needed
   std::vector<std::vector<bool>> accumulate_input;  // [node][input]: add into it
 
-  // Host staging (pinned on CUDA).
-  float* host_inputs = nullptr;
-  std::int32_t* host_labels = nullptr;
+  // Host staging for 0/1 labels converted to float targets (uploads otherwise read the caller's
+  // memory directly: upload() copies before it returns).
   float* host_targets = nullptr;
 
   struct StoredBatch {
