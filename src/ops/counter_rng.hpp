@@ -19,13 +19,32 @@ MIXTRAIN_HD std::uint64_t mix64(std::uint64_t x) {
   return x;
 }
 
-// Uniform in [0, 1) with 24 random bits.
+// The per-call key of (seed, iteration, salt): computed once, outside the element loop.
+MIXTRAIN_HD std::uint64_t counter_key(std::uint64_t seed, std::int32_t iteration,
+                                      std::uint64_t salt) {
+  return mix64(seed ^ mix64(static_cast<std::uint64_t>(iteration) * 0x9E3779B97F4A7C15ull + salt));
+}
+
+// Uniform in [0, 1) with 24 random bits for element `index` under `key`. A 32-bit finaliser
+// (murmur3's, keyed by both halves of the key) so that the CPU loop vectorises; indices are taken
+// modulo 2^32.
+MIXTRAIN_HD float counter_uniform_keyed(std::uint64_t key, std::uint64_t index) {
+  std::uint32_t x =
+      static_cast<std::uint32_t>(index) * 0x9E3779B9u ^ static_cast<std::uint32_t>(key);
+  x ^= x >> 16;
+  x *= 0x85EBCA6Bu;
+  x ^= x >> 13;
+  x *= 0xC2B2AE35u;
+  x ^= x >> 16;
+  x ^= static_cast<std::uint32_t>(key >> 32);
+  x *= 0x27D4EB2Du;
+  x ^= x >> 15;
+  return static_cast<float>(x >> 8) * (1.0f / 16777216.0f);
+}
+
 MIXTRAIN_HD float counter_uniform(std::uint64_t seed, std::int32_t iteration, std::uint64_t salt,
                                   std::uint64_t index) {
-  const std::uint64_t key =
-      mix64(seed ^ mix64(static_cast<std::uint64_t>(iteration) * 0x9E3779B97F4A7C15ull + salt));
-  const std::uint64_t bits = mix64(key + index * 0xD1B54A32D192ED03ull);
-  return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);
+  return counter_uniform_keyed(counter_key(seed, iteration, salt), index);
 }
 
 }  // namespace mixtrain

@@ -96,8 +96,7 @@ void CpuBackend::activation_backward(Activation act, float alpha, CBuf x, CBuf y
 void CpuBackend::dropout_forward(float rate, std::uint64_t salt, CBuf x, Buf y, std::int64_t n,
                                  const StepControl* control) {
   require_same(x.dtype, y.dtype, "dropout_forward");
-  const std::uint64_t seed = control->seed;
-  const std::int32_t iteration = control->iteration;
+  const std::uint64_t key = counter_key(control->seed, control->iteration, salt);
   dispatch_float(y.dtype, [&](auto t) {
     using T = decltype(t);
     using A = acc_t<T>;
@@ -106,8 +105,7 @@ void CpuBackend::dropout_forward(float rate, std::uint64_t salt, CBuf x, Buf y, 
     T* py = as<T>(y.ptr);
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (std::int64_t i = 0; i < n; ++i) {
-      const bool keep =
-          counter_uniform(seed, iteration, salt, static_cast<std::uint64_t>(i)) >= rate;
+      const bool keep = counter_uniform_keyed(key, static_cast<std::uint64_t>(i)) >= rate;
       py[i] = store<T>(keep ? load(px[i]) * keep_scale : A(0));
     }
   });
@@ -116,8 +114,7 @@ void CpuBackend::dropout_forward(float rate, std::uint64_t salt, CBuf x, Buf y, 
 void CpuBackend::dropout_backward(float rate, std::uint64_t salt, CBuf dy, Buf dx, std::int64_t n,
                                   const StepControl* control, bool accumulate) {
   require_same(dy.dtype, dx.dtype, "dropout_backward");
-  const std::uint64_t seed = control->seed;
-  const std::int32_t iteration = control->iteration;
+  const std::uint64_t key = counter_key(control->seed, control->iteration, salt);
   dispatch_float(dx.dtype, [&](auto t) {
     using T = decltype(t);
     using A = acc_t<T>;
@@ -126,8 +123,7 @@ void CpuBackend::dropout_backward(float rate, std::uint64_t salt, CBuf dy, Buf d
     T* pdx = as<T>(dx.ptr);
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (std::int64_t i = 0; i < n; ++i) {
-      const bool keep =
-          counter_uniform(seed, iteration, salt, static_cast<std::uint64_t>(i)) >= rate;
+      const bool keep = counter_uniform_keyed(key, static_cast<std::uint64_t>(i)) >= rate;
       write(pdx, i, keep ? load(pdy[i]) * keep_scale : A(0), accumulate);
     }
   });
