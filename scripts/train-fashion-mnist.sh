@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh build
 exec build/tools/mixtrain/mixtrain train --dataset fashion-mnist --model mlp --precision fp16 \
-  --epochs 5 --seed 1 "$@"
+  --epochs 10 --lr-schedule cosine --seed 1 "$@"
