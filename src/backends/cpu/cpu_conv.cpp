@@ -22,6 +22,7 @@
 #include "backends/cpu/cpu_backend.hpp"
 #include "backends/cpu/cpu_convert.hpp"
 #include "backends/cpu/cpu_dispatch.hpp"
+#include "backends/cpu/cpu_rows.hpp"
 
 namespace mixtrain::cpu {
 
@@ -43,22 +44,19 @@ void blas_gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::
   }
 }
 
-// n values of storage type T as the arithmetic type A.
+// dst (+)= src, rounded once to T, in parallel blocks.
 template <typename T, typename A>
-void load_row(const T* src, A* dst, std::int64_t n) {
-  if constexpr (std::is_same_v<T, A>) {
-    std::copy_n(src, n, dst);
-  } else {
-    widen(src, dst, n);
-  }
-}
-
-// dst (+)= src, rounded once to T.
-template <typename T, typename A>
-void store_rows(const A* src, T* dst, std::int64_t n, bool accumulate) {
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (std::int64_t i = 0; i < n; ++i) {
-    dst[i] = store<T>(accumulate ? load(dst[i]) + src[i] : src[i]);
+void store_rows(A* src, T* dst, std::int64_t n, bool accumulate) {
+  constexpr std::int64_t kBlock = 4096;
+  const std::int64_t blocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel if (n >= kParallelMin)
+  {
+    std::vector<A> tmp(accumulate ? kBlock : 0);
+#pragma omp for schedule(static)
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      const std::int64_t begin = b * kBlock, count = std::min(kBlock, n - begin);
+      row_store(src + begin, dst + begin, count, accumulate, tmp.data());
+    }
   }
 }
 
@@ -117,7 +115,7 @@ void im2col(const ConvDesc& d, const Geometry& ge, const T* x, std::int64_t n0, 
         const std::int64_t iw = q * d.stride_w - d.pad_w + s * d.dilation_w;
         A* o = out + (r * d.S + s) * ge.cg;
         if (ih >= 0 && ih < d.H && iw >= 0 && iw < d.W) {
-          load_row(x + ((n * d.H + ih) * d.W + iw) * d.C + g * ge.cg, o, ge.cg);
+          row_in(x + ((n * d.H + ih) * d.W + iw) * d.C + g * ge.cg, o, ge.cg);
         } else {
           std::fill_n(o, ge.cg, A(0));
         }

@@ -8,6 +8,7 @@
 
 #include "backends/cpu/cpu_backend.hpp"
 #include "backends/cpu/cpu_dispatch.hpp"
+#include "backends/cpu/cpu_rows.hpp"
 
 namespace mixtrain::cpu {
 
@@ -43,27 +44,42 @@ void write_channels(Buf b, const std::vector<double>& v) {
   }
 }
 
-// Per-channel sums over rows of f(row, channel), in double: block partials, then the blocks in
-// order.
-template <typename F>
+// Per-channel sums in double over the rows: K arrays of [channels]. f(r, acc, tmp) adds row r's
+// terms into acc ([K][channels], the partials of the row's block); tmp holds 2 * channels values
+// of A for the rows it loads. Blocks of rows are summed in parallel, then in order.
+template <typename A, int K, typename F>
 std::vector<double> channel_sums(std::int64_t rows, std::int64_t channels, F&& f) {
   const std::int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
-  std::vector<double> partial(static_cast<std::size_t>(blocks * channels), 0.0);
-#pragma omp parallel for schedule(static) if (rows * channels >= kParallelMin)
-  for (std::int64_t b = 0; b < blocks; ++b) {
-    double* acc = partial.data() + b * channels;
-    const std::int64_t end = std::min(rows, (b + 1) * kRowBlock);
-    for (std::int64_t r = b * kRowBlock; r < end; ++r) {
-      for (std::int64_t c = 0; c < channels; ++c) acc[c] += f(r, c);
+  const std::int64_t width = K * channels;
+  std::vector<double> partial(static_cast<std::size_t>(blocks * width), 0.0);
+#pragma omp parallel if (rows * channels >= kParallelMin)
+  {
+    std::vector<A> tmp(static_cast<std::size_t>(2 * channels));
+#pragma omp for schedule(static)
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      double* acc = partial.data() + b * width;
+      const std::int64_t end = std::min(rows, (b + 1) * kRowBlock);
+      for (std::int64_t r = b * kRowBlock; r < end; ++r) f(r, acc, tmp.data());
     }
   }
-  std::vector<double> sum(static_cast<std::size_t>(channels), 0.0);
+  std::vector<double> sum(static_cast<std::size_t>(width), 0.0);
   for (std::int64_t b = 0; b < blocks; ++b) {
-    for (std::int64_t c = 0; c < channels; ++c) {
-      sum[static_cast<std::size_t>(c)] += partial[static_cast<std::size_t>(b * channels + c)];
+    for (std::int64_t i = 0; i < width; ++i) {
+      sum[static_cast<std::size_t>(i)] += partial[static_cast<std::size_t>(b * width + i)];
     }
   }
   return sum;
+}
+
+// Runs f(r, tmp) for every row in parallel; tmp holds 3 * channels values of A per thread.
+template <typename A, typename F>
+void for_rows(std::int64_t rows, std::int64_t channels, F&& f) {
+#pragma omp parallel if (rows * channels >= kParallelMin)
+  {
+    std::vector<A> tmp(static_cast<std::size_t>(3 * channels));
+#pragma omp for schedule(static)
+    for (std::int64_t r = 0; r < rows; ++r) f(r, tmp.data());
+  }
 }
 
 void require_same(DType a, DType b, const char* op) {
@@ -85,14 +101,20 @@ void CpuBackend::batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf 
     const T* px = as<T>(x.ptr);
     T* py = as<T>(y.ptr);
     const auto inv_rows = 1.0 / static_cast<double>(rows);
-    std::vector<double> mean = channel_sums(rows, channels, [&](std::int64_t r, std::int64_t c) {
-      return double(load(px[r * channels + c]));
-    });
+    std::vector<double> mean =
+        channel_sums<A, 1>(rows, channels, [&](std::int64_t r, double* acc, A* tmp) {
+          row_in(px + r * channels, tmp, channels);
+          for (std::int64_t c = 0; c < channels; ++c) acc[c] += tmp[c];
+        });
     for (double& m : mean) m *= inv_rows;
-    std::vector<double> invstd = channel_sums(rows, channels, [&](std::int64_t r, std::int64_t c) {
-      const double v = double(load(px[r * channels + c])) - mean[static_cast<std::size_t>(c)];
-      return v * v;
-    });
+    std::vector<double> invstd =
+        channel_sums<A, 1>(rows, channels, [&](std::int64_t r, double* acc, A* tmp) {
+          row_in(px + r * channels, tmp, channels);
+          for (std::int64_t c = 0; c < channels; ++c) {
+            const double v = double(tmp[c]) - mean[static_cast<std::size_t>(c)];
+            acc[c] += v * v;
+          }
+        });
     for (double& v : invstd) v = 1.0 / std::sqrt(v * inv_rows + static_cast<double>(eps));
     write_channels(batch_mean, mean);
     write_channels(batch_invstd, invstd);
@@ -102,15 +124,14 @@ void CpuBackend::batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf 
     const std::vector<A> g = read_channels<A>(gamma, channels);
     const std::vector<A> b = read_channels<A>(beta, channels);
     for (std::size_t c = 0; c < scale.size(); ++c) scale[c] *= g[c];
-#pragma omp parallel for schedule(static) if (rows * channels >= kParallelMin)
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const T* in = px + r * channels;
-      T* out = py + r * channels;
+    for_rows<A>(rows, channels, [&](std::int64_t r, A* tmp) {
+      row_in(px + r * channels, tmp, channels);
       for (std::int64_t c = 0; c < channels; ++c) {
         const auto k = static_cast<std::size_t>(c);
-        out[c] = store<T>((load(in[c]) - m[k]) * scale[k] + b[k]);
+        tmp[c] = (tmp[c] - m[k]) * scale[k] + b[k];
       }
-    }
+      row_out(tmp, py + r * channels, channels);
+    });
   });
 }
 
@@ -131,15 +152,14 @@ void CpuBackend::batch_norm_forward_inference(CBuf x, CBuf gamma, CBuf beta, CBu
     for (std::size_t c = 0; c < scale.size(); ++c) {
       scale[c] = g[c] / std::sqrt(v[c] + static_cast<A>(eps));
     }
-#pragma omp parallel for schedule(static) if (rows * channels >= kParallelMin)
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const T* in = px + r * channels;
-      T* out = py + r * channels;
+    for_rows<A>(rows, channels, [&](std::int64_t r, A* tmp) {
+      row_in(px + r * channels, tmp, channels);
       for (std::int64_t c = 0; c < channels; ++c) {
         const auto k = static_cast<std::size_t>(c);
-        out[c] = store<T>((load(in[c]) - m[k]) * scale[k] + b[k]);
+        tmp[c] = (tmp[c] - m[k]) * scale[k] + b[k];
       }
-    }
+      row_out(tmp, py + r * channels, channels);
+    });
   });
 }
 
@@ -156,15 +176,22 @@ void CpuBackend::batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_mea
     T* pdx = as<T>(dx.ptr);
     const std::vector<double> m = read_channels<double>(batch_mean, channels);
     const std::vector<double> inv = read_channels<double>(batch_invstd, channels);
-    const std::vector<double> sum_dy = channel_sums(
-        rows, channels,
-        [&](std::int64_t r, std::int64_t c) { return double(load(pdy[r * channels + c])); });
-    const std::vector<double> sum_dy_xhat =
-        channel_sums(rows, channels, [&](std::int64_t r, std::int64_t c) {
-          const auto k = static_cast<std::size_t>(c);
-          const std::int64_t i = r * channels + c;
-          return double(load(pdy[i])) * (double(load(px[i])) - m[k]) * inv[k];
+    // [sum dy | sum dy * xhat], in one pass.
+    const std::vector<double> sums =
+        channel_sums<A, 2>(rows, channels, [&](std::int64_t r, double* acc, A* tmp) {
+          A* xr = tmp;
+          A* gr = tmp + channels;
+          row_in(px + r * channels, xr, channels);
+          row_in(pdy + r * channels, gr, channels);
+          for (std::int64_t c = 0; c < channels; ++c) {
+            const auto k = static_cast<std::size_t>(c);
+            const double g = gr[c];
+            acc[c] += g;
+            acc[channels + c] += g * (double(xr[c]) - m[k]) * inv[k];
+          }
         });
+    const std::vector<double> sum_dy(sums.begin(), sums.begin() + channels);
+    const std::vector<double> sum_dy_xhat(sums.begin() + channels, sums.end());
     write_channels(dbeta, sum_dy);
     write_channels(dgamma, sum_dy_xhat);
     if (!dx) return;
@@ -180,16 +207,18 @@ void CpuBackend::batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_mea
       mdy[c] = static_cast<A>(sum_dy[c] * inv_rows);
       mdyx[c] = static_cast<A>(sum_dy_xhat[c] * inv_rows);
     }
-#pragma omp parallel for schedule(static) if (rows * channels >= kParallelMin)
-    for (std::int64_t r = 0; r < rows; ++r) {
+    for_rows<A>(rows, channels, [&](std::int64_t r, A* tmp) {
+      A* xr = tmp;
+      A* gr = tmp + channels;
+      row_in(px + r * channels, xr, channels);
+      row_in(pdy + r * channels, gr, channels);
       for (std::int64_t c = 0; c < channels; ++c) {
         const auto k = static_cast<std::size_t>(c);
-        const std::int64_t i = r * channels + c;
-        const A xhat = (load(px[i]) - mean_a[k]) * inv_a[k];
-        const A v = scale[k] * (load(pdy[i]) - mdy[k] - xhat * mdyx[k]);
-        pdx[i] = store<T>(accumulate ? load(pdx[i]) + v : v);
+        const A xhat = (xr[c] - mean_a[k]) * inv_a[k];
+        gr[c] = scale[k] * (gr[c] - mdy[k] - xhat * mdyx[k]);
       }
-    }
+      row_store(gr, pdx + r * channels, channels, accumulate, tmp + 2 * channels);
+    });
   });
 }
 

@@ -1,6 +1,6 @@
-// Pooling on the CPU over channels-last tensors. Forward runs over output pixels (channels
-// innermost, contiguous); backward scatters each output's gradient into a per-image fp32 (double
-// for F64) accumulator on the thread that owns the image, then rounds once into dx. Windows are
+// Pooling on the CPU over channels-last tensors. Forward runs over output pixels with channel rows
+// converted in bulk; backward scatters each output's gradient into a per-image fp32 (double for
+// F64) accumulator on the thread that owns the image, then rounds once into dx. Windows are
 // clipped to the input: padding never takes part (max ignores it, average divides by the pixels
 // actually covered: count_include_pad=false).
 #include <algorithm>
@@ -11,6 +11,7 @@
 
 #include "backends/cpu/cpu_backend.hpp"
 #include "backends/cpu/cpu_dispatch.hpp"
+#include "backends/cpu/cpu_rows.hpp"
 
 namespace mixtrain::cpu {
 
@@ -34,24 +35,35 @@ struct Window {
   std::int64_t count() const { return std::max<std::int64_t>(0, (h1 - h0) * (w1 - w0)); }
 };
 
-// Calls f(n, acc) for each image n with a zeroed [H, W, C] accumulator owned by the calling
-// thread, then stores acc into dx (adding to it with accumulate).
+// Calls f(n, acc, tmp) for each image n with a zeroed [H, W, C] accumulator and room for four
+// channel rows (tmp), both owned by the calling thread, then stores acc into dx (adding to it
+// with accumulate).
 template <typename T, typename A, typename F>
 void scatter_images(const PoolDesc& d, T* dx, bool accumulate, F&& f) {
   const std::int64_t image = d.H * d.W * d.C;
 #pragma omp parallel if (d.N * image >= kParallelMin)
   {
     std::vector<A> acc(static_cast<std::size_t>(image));
+    std::vector<A> tmp(static_cast<std::size_t>(4 * d.C));
+    std::vector<A> old(accumulate ? static_cast<std::size_t>(image) : 0);
 #pragma omp for schedule(static)
     for (std::int64_t n = 0; n < d.N; ++n) {
       std::fill(acc.begin(), acc.end(), A(0));
-      f(n, acc.data());
-      T* out = dx + n * image;
-      for (std::int64_t i = 0; i < image; ++i) {
-        const A v = acc[static_cast<std::size_t>(i)];
-        out[i] = store<T>(accumulate ? load(out[i]) + v : v);
-      }
+      f(n, acc.data(), tmp.data());
+      row_store(acc.data(), dx + n * image, image, accumulate, old.data());
     }
+  }
+}
+
+// Calls f(o, sum, row) for every output pixel o, with two [C] rows owned by the calling thread.
+template <typename A, typename F>
+void for_outputs(const PoolDesc& d, F&& f) {
+  const std::int64_t outputs = d.N * d.P * d.Q;
+#pragma omp parallel if (outputs * d.C >= kParallelMin)
+  {
+    std::vector<A> a(static_cast<std::size_t>(d.C)), b(a.size());
+#pragma omp for schedule(static)
+    for (std::int64_t o = 0; o < outputs; ++o) f(o, a.data(), b.data());
   }
 }
 
@@ -64,29 +76,21 @@ void CpuBackend::max_pool2d_forward(const PoolDesc& d, CBuf x, Buf y) {
     using A = acc_t<T>;
     const T* px = as<T>(x.ptr);
     T* py = as<T>(y.ptr);
-    const std::int64_t outputs = d.N * d.P * d.Q;
-#pragma omp parallel if (outputs * d.C >= kParallelMin)
-    {
-      std::vector<A> best(static_cast<std::size_t>(d.C));
-#pragma omp for schedule(static)
-      for (std::int64_t o = 0; o < outputs; ++o) {
-        const std::int64_t q = o % d.Q, p = (o / d.Q) % d.P, n = o / (d.P * d.Q);
-        const Window win(d, p, q);
-        std::fill(best.begin(), best.end(), -std::numeric_limits<A>::infinity());
-        for (std::int64_t h = win.h0; h < win.h1; ++h) {
-          for (std::int64_t w = win.w0; w < win.w1; ++w) {
-            const T* in = px + ((n * d.H + h) * d.W + w) * d.C;
-            for (std::int64_t c = 0; c < d.C; ++c) {
-              const A v = load(in[c]);
-              A& b = best[static_cast<std::size_t>(c)];
-              if (v > b || std::isnan(v)) b = std::isnan(b) ? b : v;  // a nan propagates
-            }
+    for_outputs<A>(d, [&](std::int64_t o, A* best, A* row) {
+      const std::int64_t q = o % d.Q, p = (o / d.Q) % d.P, n = o / (d.P * d.Q);
+      const Window win(d, p, q);
+      std::fill_n(best, d.C, -std::numeric_limits<A>::infinity());
+      for (std::int64_t h = win.h0; h < win.h1; ++h) {
+        for (std::int64_t w = win.w0; w < win.w1; ++w) {
+          row_in(px + ((n * d.H + h) * d.W + w) * d.C, row, d.C);
+          for (std::int64_t c = 0; c < d.C; ++c) {
+            const A v = row[c];
+            if (v > best[c] || std::isnan(v)) best[c] = std::isnan(best[c]) ? best[c] : v;
           }
         }
-        T* out = py + o * d.C;
-        for (std::int64_t c = 0; c < d.C; ++c) out[c] = store<T>(best[static_cast<std::size_t>(c)]);
       }
-    }
+      row_out(best, py + o * d.C, d.C);  // a nan in the window propagates
+    });
   });
 }
 
@@ -101,23 +105,30 @@ void CpuBackend::max_pool2d_backward(const PoolDesc& d, CBuf x, CBuf y, CBuf dy,
     const T* px = as<T>(x.ptr);
     const T* py = as<T>(y.ptr);
     const T* pdy = as<T>(dy.ptr);
-    scatter_images<T, A>(d, as<T>(dx.ptr), accumulate, [&](std::int64_t n, A* acc) {
+    scatter_images<T, A>(d, as<T>(dx.ptr), accumulate, [&](std::int64_t n, A* acc, A* tmp) {
+      A* target = tmp;             // y of the window
+      A* grad = tmp + d.C;         // dy of the window
+      A* row = tmp + 2 * d.C;      // x of one input pixel
+      A* pending = tmp + 3 * d.C;  // 1 while the window's maximum is still to be found
+      const T* image = px + n * d.H * d.W * d.C;
       for (std::int64_t p = 0; p < d.P; ++p) {
         for (std::int64_t q = 0; q < d.Q; ++q) {
           const Window win(d, p, q);
           const std::int64_t o = ((n * d.P + p) * d.Q + q) * d.C;
-          for (std::int64_t c = 0; c < d.C; ++c) {
-            const A target = load(py[o + c]);
-            const bool nan = std::isnan(target);
-            // The first input of the window (row-major) that holds the maximum takes dy.
-            for (std::int64_t h = win.h0, found = 0; h < win.h1 && !found; ++h) {
-              for (std::int64_t w = win.w0; w < win.w1; ++w) {
-                const std::int64_t i = (h * d.W + w) * d.C + c;
-                const A v = load(px[n * d.H * d.W * d.C + i]);
-                if (v == target || (nan && std::isnan(v))) {
-                  acc[i] += load(pdy[o + c]);
-                  found = 1;
-                  break;
+          row_in(py + o, target, d.C);
+          row_in(pdy + o, grad, d.C);
+          std::fill_n(pending, d.C, A(1));
+          // The first input of the window (row-major) that holds the maximum takes dy.
+          for (std::int64_t h = win.h0; h < win.h1; ++h) {
+            for (std::int64_t w = win.w0; w < win.w1; ++w) {
+              const std::int64_t i = (h * d.W + w) * d.C;
+              row_in(image + i, row, d.C);
+              for (std::int64_t c = 0; c < d.C; ++c) {
+                const bool hit =
+                    row[c] == target[c] || (std::isnan(target[c]) && std::isnan(row[c]));
+                if (hit && pending[c] != A(0)) {
+                  acc[i + c] += grad[c];
+                  pending[c] = A(0);
                 }
               }
             }
@@ -135,28 +146,20 @@ void CpuBackend::avg_pool2d_forward(const PoolDesc& d, CBuf x, Buf y) {
     using A = acc_t<T>;
     const T* px = as<T>(x.ptr);
     T* py = as<T>(y.ptr);
-    const std::int64_t outputs = d.N * d.P * d.Q;
-#pragma omp parallel if (outputs * d.C >= kParallelMin)
-    {
-      std::vector<A> sum(static_cast<std::size_t>(d.C));
-#pragma omp for schedule(static)
-      for (std::int64_t o = 0; o < outputs; ++o) {
-        const std::int64_t q = o % d.Q, p = (o / d.Q) % d.P, n = o / (d.P * d.Q);
-        const Window win(d, p, q);
-        std::fill(sum.begin(), sum.end(), A(0));
-        for (std::int64_t h = win.h0; h < win.h1; ++h) {
-          for (std::int64_t w = win.w0; w < win.w1; ++w) {
-            const T* in = px + ((n * d.H + h) * d.W + w) * d.C;
-            for (std::int64_t c = 0; c < d.C; ++c) sum[static_cast<std::size_t>(c)] += load(in[c]);
-          }
-        }
-        const A inv = A(1) / static_cast<A>(win.count());
-        T* out = py + o * d.C;
-        for (std::int64_t c = 0; c < d.C; ++c) {
-          out[c] = store<T>(sum[static_cast<std::size_t>(c)] * inv);
+    for_outputs<A>(d, [&](std::int64_t o, A* sum, A* row) {
+      const std::int64_t q = o % d.Q, p = (o / d.Q) % d.P, n = o / (d.P * d.Q);
+      const Window win(d, p, q);
+      std::fill_n(sum, d.C, A(0));
+      for (std::int64_t h = win.h0; h < win.h1; ++h) {
+        for (std::int64_t w = win.w0; w < win.w1; ++w) {
+          row_in(px + ((n * d.H + h) * d.W + w) * d.C, row, d.C);
+          for (std::int64_t c = 0; c < d.C; ++c) sum[c] += row[c];
         }
       }
-    }
+      const A inv = A(1) / static_cast<A>(win.count());
+      for (std::int64_t c = 0; c < d.C; ++c) sum[c] *= inv;
+      row_out(sum, py + o * d.C, d.C);
+    });
   });
 }
 
@@ -166,16 +169,17 @@ void CpuBackend::avg_pool2d_backward(const PoolDesc& d, CBuf dy, Buf dx, bool ac
     using T = decltype(t);
     using A = acc_t<T>;
     const T* pdy = as<T>(dy.ptr);
-    scatter_images<T, A>(d, as<T>(dx.ptr), accumulate, [&](std::int64_t n, A* acc) {
+    scatter_images<T, A>(d, as<T>(dx.ptr), accumulate, [&](std::int64_t n, A* acc, A* g) {
       for (std::int64_t p = 0; p < d.P; ++p) {
         for (std::int64_t q = 0; q < d.Q; ++q) {
           const Window win(d, p, q);
           const A inv = A(1) / static_cast<A>(win.count());
-          const T* g = pdy + ((n * d.P + p) * d.Q + q) * d.C;
+          row_in(pdy + ((n * d.P + p) * d.Q + q) * d.C, g, d.C);
+          for (std::int64_t c = 0; c < d.C; ++c) g[c] *= inv;
           for (std::int64_t h = win.h0; h < win.h1; ++h) {
             for (std::int64_t w = win.w0; w < win.w1; ++w) {
               A* out = acc + (h * d.W + w) * d.C;
-              for (std::int64_t c = 0; c < d.C; ++c) out[c] += load(g[c]) * inv;
+              for (std::int64_t c = 0; c < d.C; ++c) out[c] += g[c];
             }
           }
         }
@@ -195,18 +199,16 @@ void CpuBackend::global_avg_pool_forward(CBuf x, Buf y, std::int64_t n, std::int
     const A inv = A(1) / static_cast<A>(pixels);
 #pragma omp parallel if (n * pixels * channels >= kParallelMin)
     {
-      std::vector<A> sum(static_cast<std::size_t>(channels));
+      std::vector<A> sum(static_cast<std::size_t>(channels)), row(sum.size());
 #pragma omp for schedule(static)
       for (std::int64_t i = 0; i < n; ++i) {
         std::fill(sum.begin(), sum.end(), A(0));
         for (std::int64_t p = 0; p < pixels; ++p) {
-          const T* in = px + (i * pixels + p) * channels;
-          for (std::int64_t c = 0; c < channels; ++c)
-            sum[static_cast<std::size_t>(c)] += load(in[c]);
+          row_in(px + (i * pixels + p) * channels, row.data(), channels);
+          for (std::size_t c = 0; c < row.size(); ++c) sum[c] += row[c];
         }
-        for (std::int64_t c = 0; c < channels; ++c) {
-          py[i * channels + c] = store<T>(sum[static_cast<std::size_t>(c)] * inv);
-        }
+        for (A& v : sum) v *= inv;
+        row_out(sum.data(), py + i * channels, channels);
       }
     }
   });
@@ -222,13 +224,14 @@ void CpuBackend::global_avg_pool_backward(CBuf dy, Buf dx, std::int64_t n, std::
     T* pdx = as<T>(dx.ptr);
     const A inv = A(1) / static_cast<A>(pixels);
     const std::int64_t rows = n * pixels;
-#pragma omp parallel for schedule(static) if (rows * channels >= kParallelMin)
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const T* g = pdy + (r / pixels) * channels;
-      T* out = pdx + r * channels;
-      for (std::int64_t c = 0; c < channels; ++c) {
-        const A v = load(g[c]) * inv;
-        out[c] = store<T>(accumulate ? load(out[c]) + v : v);
+#pragma omp parallel if (rows * channels >= kParallelMin)
+    {
+      std::vector<A> g(static_cast<std::size_t>(channels)), v(g.size()), tmp(g.size());
+#pragma omp for schedule(static)
+      for (std::int64_t r = 0; r < rows; ++r) {
+        row_in(pdy + (r / pixels) * channels, g.data(), channels);
+        for (std::size_t c = 0; c < g.size(); ++c) v[c] = g[c] * inv;
+        row_store(v.data(), pdx + r * channels, channels, accumulate, tmp.data());
       }
     }
   });
