@@ -83,6 +83,7 @@ void CudaBackend::release() noexcept {
   for (auto& [key, exec] : graphs_) (void)cudaGraphExecDestroy(exec);
   graphs_.clear();
   gemm_plans_.clear();
+  release_conv();
   for (const PendingCopy& p : pending_) (void)cudaEventDestroy(p.done);
   pending_.clear();
   for (cudaEvent_t e : spare_events_) (void)cudaEventDestroy(e);
@@ -119,6 +120,11 @@ unsigned CudaBackend::grid_for(std::int64_t items, int threads) const {
 
 void* CudaBackend::alloc(std::size_t bytes) {
   require_outside_step("alloc");
+  return allocate(bytes);
+}
+
+void* CudaBackend::allocate(std::size_t bytes) {
+  if (capturing_) throw DeviceError("internal: device allocation inside a captured step");
   void* ptr = nullptr;
   const cudaError_t err = cudaMalloc(&ptr, std::max<std::size_t>(bytes, 1));
   if (err != cudaSuccess) {

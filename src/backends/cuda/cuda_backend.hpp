@@ -17,6 +17,8 @@
 
 #include "ops/backend.hpp"
 
+struct cudnnContext;  // cudnnHandle_t, kept out of this header
+
 namespace mixtrain::cuda {
 
 // Every field of a GEMM that changes the cuBLASLt descriptors or the algorithm choice.
@@ -27,6 +29,16 @@ struct GemmKeyHash {
 struct GemmPlan;  // descriptors, layouts and the chosen algorithm (cuda_gemm.cpp)
 struct GemmPlanDeleter {
   void operator()(GemmPlan* plan) const noexcept;
+};
+
+// Every field of a convolution that changes the cuDNN descriptors or the algorithm choice.
+using ConvKey = std::array<std::int64_t, 18>;
+struct ConvKeyHash {
+  std::size_t operator()(const ConvKey& k) const noexcept;
+};
+struct ConvPlan;  // cuDNN descriptors and the algorithm of each direction (cuda_conv.cpp)
+struct ConvPlanDeleter {
+  void operator()(ConvPlan* plan) const noexcept;
 };
 
 class CudaBackend final : public Backend {
@@ -69,8 +81,8 @@ class CudaBackend final : public Backend {
   void gemm(const GemmDesc& desc) override;
   void bias_grad(CBuf dy, Buf db, std::int64_t rows, std::int64_t cols, bool accumulate) override;
 
-  // Convolution, batch-norm and pooling: not implemented on CUDA yet (cuda_conv_stub.cpp throws
-  // DeviceError); the cuDNN implementation replaces the stubs.
+  // Convolution through cuDNN (cuda_conv.cpp); batch-norm and pooling kernels (cuda_norm.cu,
+  // cuda_pool.cu).
   void conv2d_forward(const ConvDesc& desc, CBuf x, CBuf w, CBuf bias, Buf y) override;
   void conv2d_backward_data(const ConvDesc& desc, CBuf dy, CBuf w, Buf dx,
                             bool accumulate) override;
@@ -117,6 +129,7 @@ class CudaBackend final : public Backend {
   // arguments (and gemm prepares its cuBLASLt plan) but launch nothing.
   bool planning() const { return planning_; }
   void release() noexcept;
+  void release_conv() noexcept;  // cuDNN plans, workspace and handle (cuda_conv.cpp)
   // Throws DeviceError when called while a step is being planned or captured (host transfers
   // and synchronisation cannot be part of a graph).
   void require_outside_step(const char* what) const;
@@ -134,6 +147,13 @@ class CudaBackend final : public Backend {
   void gemm_epilogue_only(const GemmDesc& d, Buf target, float beta, bool with_bias);
   // C = d.epilogue(z) over C's m x n elements, z laid out as C (z may be C: in place).
   void gemm_activation(const GemmDesc& d, CBuf z);
+  // The cached cuDNN plan of a convolution; algorithms are found per direction on first use.
+  ConvPlan& conv_plan(const ConvDesc& d, DType t);
+  // Grows the convolution workspace to at least `bytes` (outside a capture only; captured steps
+  // that referenced the old one are dropped and captured again on their next run).
+  void reserve_conv_workspace(std::size_t bytes);
+  // cudaMalloc with the bookkeeping of alloc(), allowed while a step is planned.
+  void* allocate(std::size_t bytes);
   // The optimizer pass, followed in the same launch by finish_step when finish_control is set.
   void launch_optimizer_pass(const OptimizerDesc& d, StepControl* finish_control,
                              const ScalerParams* params, StepRecord* history);
@@ -184,6 +204,12 @@ class CudaBackend final : public Backend {
   std::unordered_map<std::string, cudaGraphExec_t> graphs_;
 
   std::unordered_map<GemmKey, std::unique_ptr<GemmPlan, GemmPlanDeleter>, GemmKeyHash> gemm_plans_;
+
+  // cuDNN, created on the first convolution.
+  cudnnContext* dnn_ = nullptr;
+  std::unordered_map<ConvKey, std::unique_ptr<ConvPlan, ConvPlanDeleter>, ConvKeyHash> conv_plans_;
+  void* conv_workspace_ = nullptr;
+  std::size_t conv_workspace_bytes_ = 0;
 };
 
 }  // namespace mixtrain::cuda

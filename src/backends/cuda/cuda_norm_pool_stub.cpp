@@ -1,6 +1,6 @@
-// Placeholders for the convolutional ops on CUDA: they compile and throw, so that the CUDA build
-// keeps building while the cuDNN implementation (channels-last, tensor cores) is written. A model
-// with conv2d, batch_norm or pooling layers trains on the CPU backend meanwhile.
+// Placeholders for the batch-norm and pooling ops on CUDA: they compile and throw, so that the CUDA
+// build keeps building while the cuDNN implementation (channels-last, tensor cores) is written. A
+// model with conv2d, batch_norm or pooling layers trains on the CPU backend meanwhile.
 #include <string>
 
 #include "backends/cuda/cuda_backend.hpp"
@@ -18,15 +18,6 @@ namespace {
 
 }  // namespace
 
-void CudaBackend::conv2d_forward(const ConvDesc&, CBuf, CBuf, CBuf, Buf) {
-  not_yet("conv2d");
-}
-void CudaBackend::conv2d_backward_data(const ConvDesc&, CBuf, CBuf, Buf, bool) {
-  not_yet("conv2d");
-}
-void CudaBackend::conv2d_backward_filter(const ConvDesc&, CBuf, CBuf, Buf, Buf) {
-  not_yet("conv2d");
-}
 void CudaBackend::batch_norm_forward_training(CBuf, CBuf, CBuf, Buf, Buf, Buf, std::int64_t,
                                               std::int64_t, float) {
   not_yet("batch_norm");

@@ -1,0 +1,361 @@
+// Convolution through cuDNN, channels-last (NHWC activations, KRSC filters) so that FP16 and BF16
+// run on tensor cores. It uses cuDNN's long-standing convolution API (cudnnConvolutionForward and
+// the two backward calls), which cuDNN 9 still ships and supports; docs/cuda.md says why not the
+// graph API yet. Per shape (ConvKey) the descriptors are built once; per direction the algorithm
+// is chosen on first use by timing cuDNN's candidates (cudnnFind*AlgorithmEx on scratch outputs),
+// preferring deterministic ones, so that a captured step replays the same algorithms and the same
+// bits every time.
+//
+// Accumulation is in fp32 for every dtype (the convolution's compute type). Strict FP32 asks for
+// FMA-only kernels; TF32 only when the ConvDesc allows it. cuDNN writes the weight gradient in
+// the tensor dtype: for FP16/BF16 it lands in the workspace and is widened into the fp32 gradient.
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "backends/cuda/cuda_backend.hpp"
+#include "backends/cuda/cuda_check.hpp"
+#include "backends/cuda/cudnn_check.hpp"
+#include "mixtrain/error.hpp"
+
+namespace mixtrain::cuda {
+
+void throw_cudnn_error(cudnnStatus_t status, const char* call, const char* file, int line) {
+  std::string where = file;
+  const auto src = where.find("src/");
+  if (src != std::string::npos) where = where.substr(src);
+  throw DeviceError(std::string("cuDNN error: ") + call + " at " + where + ":" +
+                    std::to_string(line) + ": " + cudnnGetErrorString(status));
+}
+
+// An algorithm of one direction and what it needs.
+struct ConvAlgo {
+  bool ready = false;
+  int algo = 0;
+  std::size_t workspace = 0;
+  cudnnMathType_t math = CUDNN_DEFAULT_MATH;
+};
+
+struct ConvPlan {
+  cudnnTensorDescriptor_t x = nullptr;
+  cudnnTensorDescriptor_t y = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+  cudnnDataType_t dtype = CUDNN_DATA_FLOAT;
+  cudnnMathType_t requested_math = CUDNN_DEFAULT_MATH;
+  bool strict_fp32 = false;
+  std::size_t x_bytes = 0, y_bytes = 0, w_bytes = 0;
+  std::int64_t w_count = 0;
+  ConvAlgo forward, backward_data, backward_filter;
+
+  ~ConvPlan() {
+    if (conv != nullptr) (void)cudnnDestroyConvolutionDescriptor(conv);
+    if (w != nullptr) (void)cudnnDestroyFilterDescriptor(w);
+    if (y != nullptr) (void)cudnnDestroyTensorDescriptor(y);
+    if (x != nullptr) (void)cudnnDestroyTensorDescriptor(x);
+  }
+};
+
+void ConvPlanDeleter::operator()(ConvPlan* plan) const noexcept {
+  delete plan;
+}
+
+std::size_t ConvKeyHash::operator()(const ConvKey& k) const noexcept {
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (std::int64_t v : k) {
+    h ^= static_cast<std::uint64_t>(v) + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
+  }
+  return static_cast<std::size_t>(h);
+}
+
+namespace {
+
+constexpr std::size_t kAlign = 256;
+// The most workspace an algorithm may ask for; cuDNN's fastest kernels rarely need more.
+constexpr std::size_t kMaxAlgoWorkspace = std::size_t{1} << 30;
+
+std::size_t round_up(std::size_t bytes) {
+  return (bytes + kAlign - 1) / kAlign * kAlign;
+}
+
+cudnnDataType_t cudnn_type(DType t) {
+  switch (t) {
+    case DType::F32:
+      return CUDNN_DATA_FLOAT;
+    case DType::F16:
+      return CUDNN_DATA_HALF;
+    case DType::BF16:
+      return CUDNN_DATA_BFLOAT16;
+    default:
+      break;
+  }
+  throw Error("internal: conv2d on the cuda backend takes f32, f16 or bf16, not " +
+              std::string(dtype_name(t)));
+}
+
+void require_same(DType a, DType b, const char* op) {
+  if (a != b) {
+    throw Error(std::string("internal: ") + op + " needs matching dtypes, got " +
+                std::string(dtype_name(a)) + " and " + std::string(dtype_name(b)));
+  }
+}
+
+int as_int(std::int64_t v, const char* what) {
+  if (v < 0 || v > std::numeric_limits<int>::max()) {
+    throw Error(std::string("conv2d on CUDA: ") + what + " = " + std::to_string(v) +
+                " does not fit cuDNN's 32-bit descriptors");
+  }
+  return static_cast<int>(v);
+}
+
+std::string describe(const ConvDesc& d) {
+  return "x [" + std::to_string(d.N) + ", " + std::to_string(d.H) + ", " + std::to_string(d.W) +
+         ", " + std::to_string(d.C) + "], " + std::to_string(d.K) + " filters " +
+         std::to_string(d.R) + "x" + std::to_string(d.S) + ", stride " +
+         std::to_string(d.stride_h) + "x" + std::to_string(d.stride_w) + ", padding " +
+         std::to_string(d.pad_h) + "x" + std::to_string(d.pad_w) + ", output " +
+         std::to_string(d.P) + "x" + std::to_string(d.Q);
+}
+
+// A scratch device buffer for one algorithm search, freed when it goes out of scope.
+class Scratch {
+ public:
+  explicit Scratch(std::size_t bytes) {
+    MIXTRAIN_CUDA_CHECK(cudaMalloc(&ptr_, std::max<std::size_t>(bytes, kAlign)));
+  }
+  ~Scratch() { (void)cudaFree(ptr_); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  void* get() const { return ptr_; }
+
+ private:
+  void* ptr_ = nullptr;
+};
+
+// The workspace an algorithm search may offer: what is free, within kMaxAlgoWorkspace.
+std::size_t search_workspace() {
+  std::size_t free_bytes = 0, total = 0;
+  MIXTRAIN_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+  return std::min(kMaxAlgoWorkspace, free_bytes / 4);
+}
+
+// Picks the fastest usable result (cuDNN sorts them by time): it must have succeeded, fit the
+// workspace, keep strict FP32 off tensor cores, and be deterministic when any such one exists.
+template <typename Perf>
+ConvAlgo pick(const Perf* perf, int returned, const ConvPlan& p, std::size_t workspace_limit,
+              const char* direction, const ConvDesc& d) {
+  for (const bool need_deterministic : {true, false}) {
+    for (int i = 0; i < returned; ++i) {
+      const Perf& r = perf[i];
+      if (r.status != CUDNN_STATUS_SUCCESS || r.memory > workspace_limit) continue;
+      if (p.strict_fp32 && r.mathType != CUDNN_FMA_MATH) continue;
+      if (need_deterministic && r.determinism != CUDNN_DETERMINISTIC) continue;
+      return ConvAlgo{true, static_cast<int>(r.algo), r.memory, r.mathType};
+    }
+  }
+  throw DeviceError(std::string("conv2d on CUDA: cuDNN has no ") + direction + " algorithm for " +
+                    describe(d) + (p.strict_fp32 ? " in strict fp32" : ""));
+}
+
+}  // namespace
+
+void CudaBackend::release_conv() noexcept {
+  conv_plans_.clear();
+  conv_workspace_ = nullptr;  // freed with the other allocations
+  conv_workspace_bytes_ = 0;
+  if (dnn_ != nullptr) (void)cudnnDestroy(dnn_);
+  dnn_ = nullptr;
+}
+
+void CudaBackend::reserve_conv_workspace(std::size_t bytes) {
+  if (bytes <= conv_workspace_bytes_) return;
+  if (capturing_) throw DeviceError("internal: conv2d workspace grows inside a captured step");
+  // Captured steps hold the old address: drop them (they are captured again on their next run).
+  MIXTRAIN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  for (auto& [key, exec] : graphs_) (void)cudaGraphExecDestroy(exec);
+  graphs_.clear();
+  free(conv_workspace_);
+  conv_workspace_ = nullptr;
+  conv_workspace_bytes_ = 0;
+  const std::size_t grown = round_up(bytes);
+  conv_workspace_ = allocate(grown);
+  conv_workspace_bytes_ = grown;
+}
+
+ConvPlan& CudaBackend::conv_plan(const ConvDesc& d, DType t) {
+  const ConvKey key{static_cast<std::int64_t>(t),
+                    d.N,
+                    d.H,
+                    d.W,
+                    d.C,
+                    d.K,
+                    d.R,
+                    d.S,
+                    d.stride_h,
+                    d.stride_w,
+                    d.pad_h,
+                    d.pad_w,
+                    d.dilation_h,
+                    d.dilation_w,
+                    d.groups,
+                    d.P,
+                    d.Q,
+                    d.allow_tf32 ? 1 : 0};
+  const auto found = conv_plans_.find(key);
+  if (found != conv_plans_.end()) return *found->second;
+  if (capturing_) throw DeviceError("internal: conv2d plan created inside a captured step");
+
+  if (d.groups <= 0 || d.C % d.groups != 0 || d.K % d.groups != 0) {
+    throw Error("internal: conv2d groups " + std::to_string(d.groups) + " must divide C " +
+                std::to_string(d.C) + " and K " + std::to_string(d.K));
+  }
+  if (dnn_ == nullptr) {
+    cudnnHandle_t handle = nullptr;
+    MIXTRAIN_CUDNN_CHECK(cudnnCreate(&handle));
+    dnn_ = handle;
+    MIXTRAIN_CUDNN_CHECK(cudnnSetStream(dnn_, stream_));
+  }
+
+  std::unique_ptr<ConvPlan, ConvPlanDeleter> plan(new ConvPlan);
+  ConvPlan& p = *plan;
+  p.dtype = cudnn_type(t);
+  p.strict_fp32 = t == DType::F32 && !d.allow_tf32;
+  p.requested_math = t != DType::F32 ? CUDNN_TENSOR_OP_MATH
+                     : d.allow_tf32  ? CUDNN_DEFAULT_MATH
+                                     : CUDNN_FMA_MATH;
+  const std::size_t es = dtype_size(t);
+  p.x_bytes = static_cast<std::size_t>(d.N * d.H * d.W * d.C) * es;
+  p.y_bytes = static_cast<std::size_t>(d.N * d.P * d.Q * d.K) * es;
+  p.w_count = d.K * d.R * d.S * (d.C / d.groups);
+  p.w_bytes = static_cast<std::size_t>(p.w_count) * es;
+  as_int(d.N * d.H * d.W * d.C, "input elements");
+  as_int(d.N * d.P * d.Q * d.K, "output elements");
+
+  MIXTRAIN_CUDNN_CHECK(cudnnCreateTensorDescriptor(&p.x));
+  MIXTRAIN_CUDNN_CHECK(cudnnCreateTensorDescriptor(&p.y));
+  MIXTRAIN_CUDNN_CHECK(cudnnCreateFilterDescriptor(&p.w));
+  MIXTRAIN_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&p.conv));
+  MIXTRAIN_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p.x, CUDNN_TENSOR_NHWC, p.dtype, as_int(d.N, "N"),
+                                                  as_int(d.C, "C"), as_int(d.H, "H"),
+                                                  as_int(d.W, "W")));
+  MIXTRAIN_CUDNN_CHECK(cudnnSetFilter4dDescriptor(p.w, p.dtype, CUDNN_TENSOR_NHWC, as_int(d.K, "K"),
+                                                  as_int(d.C / d.groups, "C"), as_int(d.R, "R"),
+                                                  as_int(d.S, "S")));
+  MIXTRAIN_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(
+      p.conv, as_int(d.pad_h, "pad_h"), as_int(d.pad_w, "pad_w"), as_int(d.stride_h, "stride_h"),
+      as_int(d.stride_w, "stride_w"), as_int(d.dilation_h, "dilation_h"),
+      as_int(d.dilation_w, "dilation_w"), CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+  MIXTRAIN_CUDNN_CHECK(cudnnSetConvolutionGroupCount(p.conv, as_int(d.groups, "groups")));
+  MIXTRAIN_CUDNN_CHECK(cudnnSetConvolutionMathType(p.conv, p.requested_math));
+  // cuDNN pads both sides alike; the layer may ask for one more row or column at the bottom or
+  // right ("same" with an odd total padding), which this path does not offer.
+  int n = 0, k = 0, out_h = 0, out_w = 0;
+  MIXTRAIN_CUDNN_CHECK(
+      cudnnGetConvolution2dForwardOutputDim(p.conv, p.x, p.w, &n, &k, &out_h, &out_w));
+  if (out_h != d.P || out_w != d.Q || n != d.N || k != d.K) {
+    throw DeviceError("conv2d on CUDA needs the same padding on both sides (" + describe(d) +
+                      "; cuDNN's symmetric padding gives " + std::to_string(out_h) + "x" +
+                      std::to_string(out_w) +
+                      "): give an explicit padding instead of \"same\" for this layer");
+  }
+  MIXTRAIN_CUDNN_CHECK(
+      cudnnSetTensor4dDescriptor(p.y, CUDNN_TENSOR_NHWC, p.dtype, n, k, out_h, out_w));
+  return *conv_plans_.emplace(key, std::move(plan)).first->second;
+}
+
+void CudaBackend::conv2d_forward(const ConvDesc& d, CBuf x, CBuf w, CBuf bias, Buf y) {
+  require_same(x.dtype, w.dtype, "conv2d");
+  require_same(x.dtype, y.dtype, "conv2d");
+  ConvPlan& p = conv_plan(d, x.dtype);
+  if (!p.forward.ready) {
+    if (capturing_) throw DeviceError("internal: conv2d algorithm search inside a capture");
+    const std::size_t limit = search_workspace();
+    Scratch out(p.y_bytes), workspace(limit);
+    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    int returned = 0;
+    MIXTRAIN_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
+        dnn_, p.x, x.ptr, p.w, w.ptr, p.conv, p.y, out.get(), CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
+        &returned, perf, workspace.get(), limit));
+    p.forward = pick(perf, returned, p, limit, "forward", d);
+  }
+  reserve_conv_workspace(p.forward.workspace);
+  if (planning()) return;
+  const float one = 1.0f, zero = 0.0f;
+  MIXTRAIN_CUDNN_CHECK(cudnnSetConvolutionMathType(p.conv, p.forward.math));
+  MIXTRAIN_CUDNN_CHECK(
+      cudnnConvolutionForward(dnn_, &one, p.x, x.ptr, p.w, w.ptr, p.conv,
+                              static_cast<cudnnConvolutionFwdAlgo_t>(p.forward.algo),
+                              conv_workspace_, p.forward.workspace, &zero, p.y, y.ptr));
+  if (bias) {
+    // y += bias[k] over the N * P * Q rows: the GEMM bias epilogue does exactly that.
+    GemmDesc e;
+    e.m = d.N * d.P * d.Q;
+    e.n = d.K;
+    e.ldc = d.K;
+    e.c = y;
+    e.bias = bias;
+    gemm_epilogue_only(e, y, 1.0f, true);
+  }
+}
+
+void CudaBackend::conv2d_backward_data(const ConvDesc& d, CBuf dy, CBuf w, Buf dx,
+                                       bool accumulate) {
+  require_same(dy.dtype, w.dtype, "conv2d backward");
+  require_same(dy.dtype, dx.dtype, "conv2d backward");
+  ConvPlan& p = conv_plan(d, dy.dtype);
+  if (!p.backward_data.ready) {
+    if (capturing_) throw DeviceError("internal: conv2d algorithm search inside a capture");
+    const std::size_t limit = search_workspace();
+    Scratch out(p.x_bytes), workspace(limit);
+    cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+    int returned = 0;
+    MIXTRAIN_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
+        dnn_, p.w, w.ptr, p.y, dy.ptr, p.conv, p.x, out.get(),
+        CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, perf, workspace.get(), limit));
+    p.backward_data = pick(perf, returned, p, limit, "backward-data", d);
+  }
+  reserve_conv_workspace(p.backward_data.workspace);
+  if (planning()) return;
+  const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  MIXTRAIN_CUDNN_CHECK(cudnnSetConvolutionMathType(p.conv, p.backward_data.math));
+  MIXTRAIN_CUDNN_CHECK(
+      cudnnConvolutionBackwardData(dnn_, &one, p.w, w.ptr, p.y, dy.ptr, p.conv,
+                                   static_cast<cudnnConvolutionBwdDataAlgo_t>(p.backward_data.algo),
+                                   conv_workspace_, p.backward_data.workspace, &beta, p.x, dx.ptr));
+}
+
+void CudaBackend::conv2d_backward_filter(const ConvDesc& d, CBuf x, CBuf dy, Buf dw, Buf db) {
+  require_same(x.dtype, dy.dtype, "conv2d backward");
+  if (dw.dtype != DType::F32 || (db && db.dtype != DType::F32)) {
+    throw Error("internal: conv2d weight and bias gradients on the cuda backend are f32");
+  }
+  ConvPlan& p = conv_plan(d, x.dtype);
+  const bool widen = x.dtype != DType::F32;  // cuDNN writes dw in the tensor dtype
+  if (!p.backward_filter.ready) {
+    if (capturing_) throw DeviceError("internal: conv2d algorithm search inside a capture");
+    const std::size_t limit = search_workspace();
+    Scratch out(p.w_bytes), workspace(limit);
+    cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+    int returned = 0;
+    MIXTRAIN_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
+        dnn_, p.x, x.ptr, p.y, dy.ptr, p.conv, p.w, out.get(),
+        CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned, perf, workspace.get(), limit));
+    p.backward_filter = pick(perf, returned, p, limit, "backward-filter", d);
+  }
+  const std::size_t algo_bytes = round_up(p.backward_filter.workspace);
+  reserve_conv_workspace(algo_bytes + (widen ? p.w_bytes : 0));
+  if (!planning()) {
+    void* target = widen ? static_cast<char*>(conv_workspace_) + algo_bytes : dw.ptr;
+    const float one = 1.0f, zero = 0.0f;
+    MIXTRAIN_CUDNN_CHECK(cudnnSetConvolutionMathType(p.conv, p.backward_filter.math));
+    MIXTRAIN_CUDNN_CHECK(cudnnConvolutionBackwardFilter(
+        dnn_, &one, p.x, x.ptr, p.y, dy.ptr, p.conv,
+        static_cast<cudnnConvolutionBwdFilterAlgo_t>(p.backward_filter.algo), conv_workspace_,
+        p.backward_filter.workspace, &zero, p.w, target));
+    if (widen) convert(CBuf{target, x.dtype}, dw, p.w_count, false);
+  }
+  if (db) bias_grad(dy, db, d.N * d.P * d.Q, d.K, false);
+}
+
+}  // namespace mixtrain::cuda
