@@ -129,30 +129,6 @@ TEST_F(BackendTest, HostTransfersInsideAStepThrowAndLeaveTheBackendUsable) {
   EXPECT_EQ(a.gpu_values(), std::vector<float>(16, 3.0f));
 }
 
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    const char* old = std::getenv(name);
-    if (old != nullptr) old_ = old;
-    had_ = old != nullptr;
-    setenv(name, value, 1);
-  }
-  ~ScopedEnv() {
-    if (had_) {
-      setenv(name_, old_.c_str(), 1);
-    } else {
-      unsetenv(name_);
-    }
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  std::string old_;
-  bool had_ = false;
-};
-
 TEST_F(BackendTest, GraphsOffRunsEagerly) {
   ScopedEnv env("MIXTRAIN_CUDA_GRAPHS", "0");
   auto be = make_cuda_backend();
