@@ -124,6 +124,7 @@ def make(name, batch, device):
 def run(name, precision, compiled, steps, warmup, device):
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.benchmark = True  # cuDNN's autotuner, as tuned CNN training uses it
     batch = WORKLOADS[name]["batch"]
     torch.manual_seed(0)
     model, xs, ys = make(name, batch, device)
