@@ -181,6 +181,8 @@ class CudaBackend final : public Backend {
   static constexpr int kCounterCheck = 0;   // unscale_kernel
   static constexpr int kCounterLoss = 1;    // the loss kernels
   static constexpr int kCounterFinish = 2;  // optimizer_kernel with the finish
+  static constexpr int kCounterNorm = 3;    // batch norm: kNormCounters, one per grid column
+  static constexpr int kNormCounters = 32;
   static constexpr int kCounters = 64;
 
   std::unordered_map<void*, std::size_t> allocations_;
