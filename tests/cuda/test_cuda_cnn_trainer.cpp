@@ -1,6 +1,7 @@
 // A convolutional network with a residual block trained end to end on CUDA and on the CPU from the
 // same seed: conv2d (cuDNN), batch-norm, pooling, the residual add and the dense head together,
 // in every precision, through the captured step graph.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 
@@ -89,6 +90,8 @@ TEST_F(CnnEndToEnd, SameLossesAndPredictionsAsCpuInEveryPrecision) {
   // 15 Adam steps carry that into the weights without amplifying it much: 1e-3 on the loss.
   // FP16/BF16: one-ulp flips of stored activations (2^-11 / 2^-8 relative), through batch-norm's
   // normalisation and the layers: 2e-2 (FP16) and 5e-2 (BF16) on the loss and the outputs.
+  // Inference outputs divide by running variances estimated from as few as 72 rows (the last
+  // stage), which amplifies the fp32 differences: 5e-3 for FP32 there.
   for (Precision p : {Precision::FP32, Precision::FP16, Precision::BF16}) {
     SCOPED_TRACE(std::string(precision_name(p)));
     const TrainRun ref = train(m, config(Device::CPU, p), b, 15);
@@ -104,7 +107,7 @@ TEST_F(CnnEndToEnd, SameLossesAndPredictionsAsCpuInEveryPrecision) {
     ASSERT_EQ(ref.predictions.size(), got.predictions.size());
     for (std::size_t i = 0; i < ref.predictions.size(); ++i) {
       EXPECT_NEAR(got.predictions[i], ref.predictions[i],
-                  tol * (1.0 + std::fabs(ref.predictions[i])))
+                  std::max(tol, 5e-3) * (1.0 + std::fabs(ref.predictions[i])))
           << "output " << i;
     }
   }
@@ -114,7 +117,7 @@ TEST_F(CnnEndToEnd, Fp16OverflowSkipsTheSameStepsAsCpu) {
   const Batches b = make_batches(rng_, 3);
   const Model m = cnn();
   TrainerConfig c = config(Device::CPU, Precision::FP16);
-  c.loss_scale.initial = 1e30f;  // far beyond fp16: the first steps overflow and back off
+  c.loss_scale.initial = 16777216.0f;  // 2^24 (the ceiling): the first steps overflow
   c.loss_scale.growth_interval = 4;
   const TrainRun ref = train(m, c, b, 40);
   c.device = Device::CUDA;

@@ -3,8 +3,8 @@
 // the two backward calls), which cuDNN 9 still ships and supports; docs/cuda.md says why not the
 // graph API yet. Per shape (ConvKey) the descriptors are built once; per direction the algorithm
 // is chosen on first use by timing cuDNN's candidates (cudnnFind*AlgorithmEx on scratch outputs),
-// preferring deterministic ones, so that a captured step replays the same algorithms and the same
-// bits every time.
+// preferring deterministic ones, and recorded for the whole process, so that a captured step
+// replays the same algorithms and every backend of the process gives the same bits.
 //
 // Accumulation is in fp32 for every dtype (the convolution's compute type). Strict FP32 asks for
 // FMA-only kernels; TF32 only when the ConvDesc allows it. cuDNN writes the weight gradient in
@@ -12,7 +12,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
 
 #include "backends/cuda/cuda_backend.hpp"
 #include "backends/cuda/cuda_check.hpp"
@@ -38,6 +41,7 @@ struct ConvAlgo {
 };
 
 struct ConvPlan {
+  ConvKey key{};
   cudnnTensorDescriptor_t x = nullptr;
   cudnnTensorDescriptor_t y = nullptr;
   cudnnFilterDescriptor_t w = nullptr;
@@ -158,6 +162,39 @@ ConvAlgo pick(const Perf* perf, int returned, const ConvPlan& p, std::size_t wor
                     describe(d) + (p.strict_fp32 ? " in strict fp32" : ""));
 }
 
+enum Direction : int { kForward, kBackwardData, kBackwardFilter };
+
+// The process-wide record of chosen algorithms, so that backends of one process (a graph run and
+// an eager run, two trainers) use the same algorithm for the same convolution and give the same
+// bits, and search only once. Keyed by device, direction and ConvKey.
+using ChosenKey = std::tuple<int, int, ConvKey>;
+std::mutex chosen_mutex;
+std::map<ChosenKey, ConvAlgo>& chosen_algos() {
+  static std::map<ChosenKey, ConvAlgo> algos;
+  return algos;
+}
+
+// Fills `slot` from the record, else runs `search` (which times cuDNN's candidates) and records
+// its choice.
+template <typename Search>
+void choose(ConvAlgo& slot, int device, Direction direction, const ConvKey& key, bool capturing,
+            Search&& search) {
+  if (slot.ready) return;
+  const ChosenKey chosen{device, direction, key};
+  {
+    const std::lock_guard<std::mutex> lock(chosen_mutex);
+    const auto known = chosen_algos().find(chosen);
+    if (known != chosen_algos().end()) {
+      slot = known->second;
+      return;
+    }
+  }
+  if (capturing) throw DeviceError("internal: conv2d algorithm search inside a capture");
+  slot = search();
+  const std::lock_guard<std::mutex> lock(chosen_mutex);
+  chosen_algos().emplace(chosen, slot);
+}
+
 }  // namespace
 
 void CudaBackend::release_conv() noexcept {
@@ -219,6 +256,7 @@ ConvPlan& CudaBackend::conv_plan(const ConvDesc& d, DType t) {
 
   std::unique_ptr<ConvPlan, ConvPlanDeleter> plan(new ConvPlan);
   ConvPlan& p = *plan;
+  p.key = key;
   p.dtype = cudnn_type(t);
   p.strict_fp32 = t == DType::F32 && !d.allow_tf32;
   p.requested_math = t != DType::F32 ? CUDNN_TENSOR_OP_MATH
@@ -268,8 +306,7 @@ void CudaBackend::conv2d_forward(const ConvDesc& d, CBuf x, CBuf w, CBuf bias, B
   require_same(x.dtype, w.dtype, "conv2d");
   require_same(x.dtype, y.dtype, "conv2d");
   ConvPlan& p = conv_plan(d, x.dtype);
-  if (!p.forward.ready) {
-    if (capturing_) throw DeviceError("internal: conv2d algorithm search inside a capture");
+  choose(p.forward, device_, kForward, p.key, capturing_, [&] {
     const std::size_t limit = search_workspace();
     Scratch out(p.y_bytes), workspace(limit);
     cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
@@ -277,8 +314,8 @@ void CudaBackend::conv2d_forward(const ConvDesc& d, CBuf x, CBuf w, CBuf bias, B
     MIXTRAIN_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
         dnn_, p.x, x.ptr, p.w, w.ptr, p.conv, p.y, out.get(), CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
         &returned, perf, workspace.get(), limit));
-    p.forward = pick(perf, returned, p, limit, "forward", d);
-  }
+    return pick(perf, returned, p, limit, "forward", d);
+  });
   reserve_conv_workspace(p.forward.workspace);
   if (planning()) return;
   const float one = 1.0f, zero = 0.0f;
@@ -304,8 +341,7 @@ void CudaBackend::conv2d_backward_data(const ConvDesc& d, CBuf dy, CBuf w, Buf d
   require_same(dy.dtype, w.dtype, "conv2d backward");
   require_same(dy.dtype, dx.dtype, "conv2d backward");
   ConvPlan& p = conv_plan(d, dy.dtype);
-  if (!p.backward_data.ready) {
-    if (capturing_) throw DeviceError("internal: conv2d algorithm search inside a capture");
+  choose(p.backward_data, device_, kBackwardData, p.key, capturing_, [&] {
     const std::size_t limit = search_workspace();
     Scratch out(p.x_bytes), workspace(limit);
     cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
@@ -313,8 +349,8 @@ void CudaBackend::conv2d_backward_data(const ConvDesc& d, CBuf dy, CBuf w, Buf d
     MIXTRAIN_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
         dnn_, p.w, w.ptr, p.y, dy.ptr, p.conv, p.x, out.get(),
         CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, perf, workspace.get(), limit));
-    p.backward_data = pick(perf, returned, p, limit, "backward-data", d);
-  }
+    return pick(perf, returned, p, limit, "backward-data", d);
+  });
   reserve_conv_workspace(p.backward_data.workspace);
   if (planning()) return;
   const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
@@ -332,8 +368,7 @@ void CudaBackend::conv2d_backward_filter(const ConvDesc& d, CBuf x, CBuf dy, Buf
   }
   ConvPlan& p = conv_plan(d, x.dtype);
   const bool widen = x.dtype != DType::F32;  // cuDNN writes dw in the tensor dtype
-  if (!p.backward_filter.ready) {
-    if (capturing_) throw DeviceError("internal: conv2d algorithm search inside a capture");
+  choose(p.backward_filter, device_, kBackwardFilter, p.key, capturing_, [&] {
     const std::size_t limit = search_workspace();
     Scratch out(p.w_bytes), workspace(limit);
     cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
@@ -341,8 +376,8 @@ void CudaBackend::conv2d_backward_filter(const ConvDesc& d, CBuf x, CBuf dy, Buf
     MIXTRAIN_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
         dnn_, p.x, x.ptr, p.y, dy.ptr, p.conv, p.w, out.get(),
         CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned, perf, workspace.get(), limit));
-    p.backward_filter = pick(perf, returned, p, limit, "backward-filter", d);
-  }
+    return pick(perf, returned, p, limit, "backward-filter", d);
+  });
   const std::size_t algo_bytes = round_up(p.backward_filter.workspace);
   reserve_conv_workspace(algo_bytes + (widen ? p.w_bytes : 0));
   if (!planning()) {
