@@ -144,19 +144,33 @@ std::size_t search_workspace() {
   return std::min(kMaxAlgoWorkspace, free_bytes / 4);
 }
 
-// Picks the fastest usable result (cuDNN sorts them by time): it must have succeeded, fit the
-// workspace, keep strict FP32 off tensor cores, and be deterministic when any such one exists.
+// Picks a usable result: it must have succeeded, fit the workspace, keep strict FP32 off tensor
+// cores, and be deterministic when any such one exists. Among those within kTimeSlack of the
+// fastest, the one needing the least workspace wins: a few percent of one convolution's time is
+// not worth hundreds of MiB of device memory held for the whole run.
+constexpr float kTimeSlack = 1.05f;
+
 template <typename Perf>
 ConvAlgo pick(const Perf* perf, int returned, const ConvPlan& p, std::size_t workspace_limit,
               const char* direction, const ConvDesc& d) {
   for (const bool need_deterministic : {true, false}) {
+    const auto usable = [&](const Perf& r) {
+      return r.status == CUDNN_STATUS_SUCCESS && r.memory <= workspace_limit &&
+             (!p.strict_fp32 || r.mathType == CUDNN_FMA_MATH) &&
+             (!need_deterministic || r.determinism == CUDNN_DETERMINISTIC);
+    };
+    float fastest = -1.0f;
+    for (int i = 0; i < returned; ++i) {
+      if (usable(perf[i]) && (fastest < 0.0f || perf[i].time < fastest)) fastest = perf[i].time;
+    }
+    if (fastest < 0.0f) continue;
+    const Perf* best = nullptr;
     for (int i = 0; i < returned; ++i) {
       const Perf& r = perf[i];
-      if (r.status != CUDNN_STATUS_SUCCESS || r.memory > workspace_limit) continue;
-      if (p.strict_fp32 && r.mathType != CUDNN_FMA_MATH) continue;
-      if (need_deterministic && r.determinism != CUDNN_DETERMINISTIC) continue;
-      return ConvAlgo{true, static_cast<int>(r.algo), r.memory, r.mathType};
+      if (!usable(r) || r.time > fastest * kTimeSlack) continue;
+      if (best == nullptr || r.memory < best->memory) best = &r;
     }
+    return ConvAlgo{true, static_cast<int>(best->algo), best->memory, best->mathType};
   }
   throw DeviceError(std::string("conv2d on CUDA: cuDNN has no ") + direction + " algorithm for " +
                     describe(d) + (p.strict_fp32 ? " in strict fp32" : ""));
