@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # On the GPU machine: prints the environment (GPU, driver, toolkit and library versions), runs
 # the CUDA test suite of an existing build, then benchmarks mixtrain and the PyTorch reference
-# (BENCHMARKS.md's small_mlp and large_mlp) and prints them side by side, writing every log and
-# JSON file into an output folder.
+# (BENCHMARKS.md's workloads that exist: small_mlp, large_mlp, resnet18_cifar) and prints them
+# side by side, writing every log and JSON file into an output folder.
 # Usage: scripts/gpu-check.sh [out-dir]   (default: $OUT, else ./out)
 # The build folder is $MIXTRAIN_BUILD_DIR, else build-cuda (configure it with -DMIXTRAIN_CUDA=ON).
 # MIXTRAIN_BENCH=0 skips the benchmarks; MIXTRAIN_TORCH_VARIANTS (default eager,compile) picks the
-# PyTorch variants (eager alone is minutes faster). The exit status is the tests', else the
+# PyTorch variants (eager alone is minutes faster), MIXTRAIN_WORKLOADS (default
+# small_mlp,large_mlp,resnet18_cifar) the workloads and MIXTRAIN_TORCH_PRECISIONS (default
+# fp32,tf32,fp16,bf16) PyTorch's precisions. The exit status is the tests', else the
 # mixtrain benchmark's.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -78,12 +80,13 @@ else
 fi
 
 bench_status=0
+workloads=${MIXTRAIN_WORKLOADS:-small_mlp,large_mlp,resnet18_cifar}
 bench_result="skipped (MIXTRAIN_BENCH=0)"
 if [ "${MIXTRAIN_BENCH:-1}" != 0 ]; then
   mixtrain_bin="$build/tools/mixtrain/mixtrain"
   section "mixtrain bench" | tee "$out/bench.log"
   if [ -x "$mixtrain_bin" ]; then
-    "$mixtrain_bin" bench --device cuda --workloads small_mlp,large_mlp \
+    "$mixtrain_bin" bench --device cuda --workloads "$workloads" \
       --precisions fp32,tf32,fp16,bf16 --steps 500 --json "$out/mixtrain_bench.json" \
       2>&1 | tee -a "$out/bench.log"
     bench_status=${PIPESTATUS[0]}
@@ -93,8 +96,8 @@ if [ "${MIXTRAIN_BENCH:-1}" != 0 ]; then
   fi
   section "PyTorch reference" | tee -a "$out/bench.log"
   if python3 -c 'import torch' 2>/dev/null; then
-    python3 bench/pytorch_reference.py --workloads small_mlp,large_mlp \
-      --variants "${MIXTRAIN_TORCH_VARIANTS:-eager,compile}" --json "$out/torch_bench.json" \
+    python3 bench/pytorch_reference.py --workloads "$workloads" \
+      --precisions "${MIXTRAIN_TORCH_PRECISIONS:-fp32,tf32,fp16,bf16}" --variants "${MIXTRAIN_TORCH_VARIANTS:-eager,compile}" --json "$out/torch_bench.json" \
       2>&1 | tee -a "$out/bench.log"
   else
     echo "python3 cannot import torch: no PyTorch figures" | tee -a "$out/bench.log"
