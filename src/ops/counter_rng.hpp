@@ -25,10 +25,9 @@ MIXTRAIN_HD std::uint64_t counter_key(std::uint64_t seed, std::int32_t iteration
   return mix64(seed ^ mix64(static_cast<std::uint64_t>(iteration) * 0x9E3779B97F4A7C15ull + salt));
 }
 
-// Uniform in [0, 1) with 24 random bits for element `index` under `key`. A 32-bit finaliser
-// (murmur3's, keyed by both halves of the key) so that the CPU loop vectorises; indices are taken
-// modulo 2^32.
-MIXTRAIN_HD float counter_uniform_keyed(std::uint64_t key, std::uint64_t index) {
+// 24 random bits for element `index` under `key`. A 32-bit finaliser (murmur3's, keyed by both
+// halves of the key) so that the CPU loop vectorises; indices are taken modulo 2^32.
+MIXTRAIN_HD std::uint32_t counter_bits_keyed(std::uint64_t key, std::uint64_t index) {
   std::uint32_t x =
       static_cast<std::uint32_t>(index) * 0x9E3779B9u ^ static_cast<std::uint32_t>(key);
   x ^= x >> 16;
@@ -39,7 +38,23 @@ MIXTRAIN_HD float counter_uniform_keyed(std::uint64_t key, std::uint64_t index) 
   x ^= static_cast<std::uint32_t>(key >> 32);
   x *= 0x27D4EB2Du;
   x ^= x >> 15;
-  return static_cast<float>(x >> 8) * (1.0f / 16777216.0f);
+  return x >> 8;
+}
+
+// Uniform in [0, 1): the 24 bits over 2^24 (exact in float).
+MIXTRAIN_HD float counter_uniform_keyed(std::uint64_t key, std::uint64_t index) {
+  return static_cast<float>(counter_bits_keyed(key, index)) * (1.0f / 16777216.0f);
+}
+
+// The smallest 24-bit value whose uniform is >= rate: `counter_bits_keyed(k, i) >= threshold`
+// decides exactly as `counter_uniform_keyed(k, i) >= rate` (bits / 2^24 >= rate, both exact), in
+// integers, which the CPU compares eight at a time.
+MIXTRAIN_HD std::uint32_t counter_threshold(float rate) {
+  const double scaled = static_cast<double>(rate) * 16777216.0;  // exact: rate is a float
+  if (!(scaled > 0.0)) return 0u;
+  if (scaled >= 16777216.0) return 16777216u;
+  const auto t = static_cast<std::uint32_t>(scaled);
+  return static_cast<double>(t) == scaled ? t : t + 1u;
 }
 
 MIXTRAIN_HD float counter_uniform(std::uint64_t seed, std::int32_t iteration, std::uint64_t salt,

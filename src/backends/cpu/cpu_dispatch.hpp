@@ -44,5 +44,5 @@ const T* as(const void* p) {
 
 namespace mixtrain::cpu {
 // Below this many elements a loop runs on one thread: waking the pool costs more than it saves.
-inline constexpr std::int64_t kParallelMin = 32768;
+inline constexpr std::int64_t kParallelMin = 8192;
 }  // namespace mixtrain::cpu

@@ -16,6 +16,36 @@ void write(T* out, std::int64_t i, acc_t<T> v, bool accumulate) {
   out[i] = store<T>(accumulate ? load(out[i]) + v : v);
 }
 
+// Dropout works in blocks: the keep mask of a block first (an integer loop the compiler
+// vectorises, eight hashes at a time), then the scaling.
+constexpr std::int64_t kDropoutBlock = 2048;
+
+void keep_mask(std::uint64_t key, std::uint32_t threshold, std::int64_t begin, std::int64_t count,
+               std::uint32_t* keep) {
+  for (std::int64_t j = 0; j < count; ++j) {
+    keep[j] = counter_bits_keyed(key, static_cast<std::uint64_t>(begin + j)) >= threshold ? 1u : 0u;
+  }
+}
+
+// ReLU's backward over [begin, end), apart from the generic loop (whose per-element switch over
+// the activation keeps it scalar) so that it vectorises: activation_derivative's ReLU case.
+template <typename T>
+void relu_backward_range(const T* x, const T* dy, T* dx, std::int64_t begin, std::int64_t end,
+                         bool accumulate) {
+  using A = acc_t<T>;
+  if (accumulate) {
+    for (std::int64_t i = begin; i < end; ++i) {
+      const A d = load(x[i]) > A(0) ? A(1) : A(0);
+      dx[i] = store<T>(load(dx[i]) + load(dy[i]) * d);
+    }
+  } else {
+    for (std::int64_t i = begin; i < end; ++i) {
+      const A d = load(x[i]) > A(0) ? A(1) : A(0);
+      dx[i] = store<T>(load(dy[i]) * d);
+    }
+  }
+}
+
 void require_same(DType a, DType b, const char* op) {
   if (a != b) {
     throw Error(std::string("internal: ") + op + " needs matching dtypes, got " +
@@ -85,6 +115,15 @@ void CpuBackend::activation_backward(Activation act, float alpha, CBuf x, CBuf y
     const T* py = as<T>(y.ptr);
     const T* pdy = as<T>(dy.ptr);
     T* pdx = as<T>(dx.ptr);
+    if (act == Activation::ReLU) {
+      constexpr std::int64_t kBlock = 4096;
+      const std::int64_t blocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+      for (std::int64_t b = 0; b < blocks; ++b) {
+        relu_backward_range(px, pdy, pdx, b * kBlock, std::min(n, (b + 1) * kBlock), accumulate);
+      }
+      return;
+    }
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (std::int64_t i = 0; i < n; ++i) {
       const A yv = py != nullptr ? load(py[i]) : A(0);
@@ -103,10 +142,17 @@ void CpuBackend::dropout_forward(float rate, std::uint64_t salt, CBuf x, Buf y, 
     const A keep_scale = A(1) / (A(1) - A(rate));
     const T* px = as<T>(x.ptr);
     T* py = as<T>(y.ptr);
+    const std::uint32_t threshold = counter_threshold(rate);
+    const std::int64_t blocks = (n + kDropoutBlock - 1) / kDropoutBlock;
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
-    for (std::int64_t i = 0; i < n; ++i) {
-      const bool keep = counter_uniform_keyed(key, static_cast<std::uint64_t>(i)) >= rate;
-      py[i] = store<T>(keep ? load(px[i]) * keep_scale : A(0));
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      std::uint32_t keep[kDropoutBlock];
+      const std::int64_t begin = b * kDropoutBlock, count = std::min(kDropoutBlock, n - begin);
+      keep_mask(key, threshold, begin, count, keep);
+      for (std::int64_t j = 0; j < count; ++j) {
+        const A kept = load(px[begin + j]) * keep_scale;
+        py[begin + j] = store<T>(keep[j] != 0 ? kept : A(0));
+      }
     }
   });
 }
@@ -121,10 +167,17 @@ void CpuBackend::dropout_backward(float rate, std::uint64_t salt, CBuf dy, Buf d
     const A keep_scale = A(1) / (A(1) - A(rate));
     const T* pdy = as<T>(dy.ptr);
     T* pdx = as<T>(dx.ptr);
+    const std::uint32_t threshold = counter_threshold(rate);
+    const std::int64_t blocks = (n + kDropoutBlock - 1) / kDropoutBlock;
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
-    for (std::int64_t i = 0; i < n; ++i) {
-      const bool keep = counter_uniform_keyed(key, static_cast<std::uint64_t>(i)) >= rate;
-      write(pdx, i, keep ? load(pdy[i]) * keep_scale : A(0), accumulate);
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      std::uint32_t keep[kDropoutBlock];
+      const std::int64_t begin = b * kDropoutBlock, count = std::min(kDropoutBlock, n - begin);
+      keep_mask(key, threshold, begin, count, keep);
+      for (std::int64_t j = 0; j < count; ++j) {
+        const A kept = load(pdy[begin + j]) * keep_scale;
+        write(pdx, begin + j, keep[j] != 0 ? kept : A(0), accumulate);
+      }
     }
   });
 }
