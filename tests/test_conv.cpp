@@ -232,18 +232,19 @@ void check_low_precision(DType dt) {
   std::vector<float> ml(4), il(4), m32(4), i32(4);
   std::vector<T> bnl(nx);
   std::vector<float> bn32(nx);
-  be.batch_norm_forward_training(lo(xl), f(gamma), f(beta), lo(bnl), f(ml), f(il), rows, 4, 1e-5f);
-  be.batch_norm_forward_training(f(x32), f(gamma), f(beta), f(bn32), f(m32), f(i32), rows, 4,
-                                 1e-5f);
+  be.batch_norm_forward_training(lo(xl), f(gamma), f(beta), lo(bnl), f(ml), f(il), rows, 4, 1e-5f,
+                                 false);
+  be.batch_norm_forward_training(f(x32), f(gamma), f(beta), f(bn32), f(m32), f(i32), rows, 4, 1e-5f,
+                                 false);
   EXPECT_EQ(ml, m32);
   EXPECT_EQ(il, i32);
   expect_rounded_equal(bnl, bn32, "batch_norm_forward_training");
   std::vector<T> bdyl = to_low<T>(rounded<T>(uniform(nx, 9))), bdxl(nx);
   std::vector<float> bdy32 = rounded<T>(uniform(nx, 9)), bdx32(nx), gl(4), g32(4), btl(4), bt32(4);
   be.batch_norm_backward(lo(xl), lo(bdyl), f(gamma), f(ml), f(il), lo(bdxl), f(gl), f(btl), rows, 4,
-                         false);
+                         false, CBuf());
   be.batch_norm_backward(f(x32), f(bdy32), f(gamma), f(m32), f(i32), f(bdx32), f(g32), f(bt32),
-                         rows, 4, false);
+                         rows, 4, false, CBuf());
   expect_rounded_equal(bdxl, bdx32, "batch_norm_backward");
   EXPECT_EQ(gl, g32);
   EXPECT_EQ(btl, bt32);

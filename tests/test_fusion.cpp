@@ -19,6 +19,7 @@
 #include "grad_check.hpp"
 #include "graph/fuse.hpp"
 #include "graph/graph.hpp"
+#include "layers/batch_norm.hpp"
 #include "layers/dense.hpp"
 #include "mixtrain/mixtrain.hpp"
 #include "ops/activation_math.hpp"
@@ -411,6 +412,64 @@ TEST(FusionNumerics, TrainerFusedEqualsUnfused) {
     }
     EXPECT_EQ(tf.weights(), tp.weights());
     EXPECT_EQ(tf.predict(x.data(), {16, 10}), tp.predict(x.data(), {16, 10}));
+  }
+}
+
+TEST(FusionGraph, BatchNormReluFuses) {
+  const ModelSpec spec = ModelBuilder({4, 6, 6, 3})
+                             .conv2d(4, 3, {.name = "conv", .padding = "same", .bias = false})
+                             .batch_norm({.name = "bn"})
+                             .relu({.name = "act"})
+                             .batch_norm({.name = "bn_out"})  // followed by no relu: stays
+                             .global_avg_pool({.name = "gap"})
+                             .dense(2, {.name = "logits"})
+                             .spec();
+  const Model fused = compile_fused(spec, true), plain = compile_fused(spec, false);
+  EXPECT_EQ(node_names(fused),
+            (std::vector<std::string>{"conv", "bn+act", "bn_out", "gap", "logits"}));
+  const auto* bn = dynamic_cast<const BatchNorm*>(fused.graph().nodes[1].layer.get());
+  ASSERT_NE(bn, nullptr);
+  EXPECT_TRUE(bn->fused_relu());
+  EXPECT_EQ(fused.graph().nodes[1].buffers.size(), plain.graph().nodes[1].buffers.size());
+  EXPECT_EQ(fused.parameter_count(), plain.parameter_count());
+}
+
+TEST(FusionNumerics, TrainerBatchNormReluFusedEqualsUnfused) {
+  // relu(round(bn)) == round(relu(bn)) and dy * [y > 0] is what ReLU's backward stores: the
+  // fused passes give the unfused bits in every precision (losses, weights and running
+  // statistics, inference outputs).
+  const ModelSpec spec = ModelBuilder({6, 5, 5, 2})
+                             .conv2d(4, 3, {.padding = 1})
+                             .batch_norm()
+                             .relu()
+                             .residual([](ModelBuilder& r) {
+                               r.conv2d(4, 3, {.padding = 1, .bias = false}).batch_norm().relu();
+                             })
+                             .global_avg_pool()
+                             .dense(3)
+                             .spec();
+  for (Precision p : {Precision::FP32, Precision::FP16, Precision::BF16}) {
+    SCOPED_TRACE(std::string(precision_name(p)));
+    const Model fused = compile_fused(spec, true), plain = compile_fused(spec, false);
+    ASSERT_EQ(fused.graph().nodes.size() + 2, plain.graph().nodes.size());
+    TrainerConfig c;
+    c.device = Device::CPU;
+    c.precision = p;
+    c.seed = 3;
+    Trainer tf(fused, c), tp(plain, c);
+    std::mt19937 rng(7);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<float> x(6 * 5 * 5 * 2);
+    std::vector<std::int32_t> y(6);
+    for (int s = 0; s < 4; ++s) {
+      for (float& v : x) v = nd(rng);
+      for (std::int32_t& v : y) v = static_cast<std::int32_t>(rng() % 3);
+      const float lf = tf.train_batch(x.data(), {6, 5, 5, 2}, y.data(), {6}).loss();
+      const float lp = tp.train_batch(x.data(), {6, 5, 5, 2}, y.data(), {6}).loss();
+      EXPECT_EQ(lf, lp) << "step " << s;
+    }
+    EXPECT_EQ(tf.weights(), tp.weights());
+    EXPECT_EQ(tf.predict(x.data(), {6, 5, 5, 2}), tp.predict(x.data(), {6, 5, 5, 2}));
   }
 }
 

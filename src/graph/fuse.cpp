@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "layers/batch_norm.hpp"
 #include "layers/dense.hpp"
 #include "layers/simple_layers.hpp"
 
@@ -29,21 +30,32 @@ int fuse(Graph& g) {
   int fused = 0;
   for (std::size_t j = 0; j < count; ++j) {
     const auto* act = dynamic_cast<const ActivationLayer*>(g.nodes[j].layer.get());
-    if (act == nullptr || !Dense::fusable(act->activation())) continue;
+    if (act == nullptr) continue;
     const int i = g.nodes[j].inputs[0];
     if (i == kModelInput || readers[static_cast<std::size_t>(i)] != 1) continue;
-    Node& dense_node = g.nodes[static_cast<std::size_t>(i)];
-    const auto* dense = dynamic_cast<const Dense*>(dense_node.layer.get());
-    if (dense == nullptr || dense->activation() != Activation::Identity) continue;
+    Node& node = g.nodes[static_cast<std::size_t>(i)];
+    const std::string merged_name = node.layer->name() + "+" + act->name();
+    std::unique_ptr<Layer> merged;
+    if (const auto* dense = dynamic_cast<const Dense*>(node.layer.get())) {
+      if (!Dense::fusable(act->activation()) || dense->activation() != Activation::Identity) {
+        continue;
+      }
+      merged = std::make_unique<Dense>(merged_name, dense->salt(), dense->units(),
+                                       dense->has_bias(), act->activation());
+    } else if (const auto* bn = dynamic_cast<const BatchNorm*>(node.layer.get())) {
+      if (act->activation() != Activation::ReLU || bn->fused_relu()) continue;
+      merged =
+          std::make_unique<BatchNorm>(merged_name, bn->salt(), bn->momentum(), bn->epsilon(), true);
+    } else {
+      continue;
+    }
 
     std::vector<Shape> in_shapes;
-    for (int src : dense_node.inputs) in_shapes.push_back(g.shape_of(src));
-    auto merged = std::make_unique<Dense>(dense->name() + "+" + act->name(), dense->salt(),
-                                          dense->units(), dense->has_bias(), act->activation());
-    // The activation keeps the shape; parameters are the dense layer's, in its order.
-    merged->bind_shapes(in_shapes, dense_node.shape);
-    dense_node.buffers = merged->buffers(in_shapes, g.max_batch);
-    dense_node.layer = std::move(merged);
+    for (int src : node.inputs) in_shapes.push_back(g.shape_of(src));
+    // The activation keeps the shape; parameters and buffers are the first layer's, in its order.
+    merged->bind_shapes(in_shapes, node.shape);
+    node.buffers = merged->buffers(in_shapes, g.max_batch);
+    node.layer = std::move(merged);
     into[j] = i;
     ++fused;
   }

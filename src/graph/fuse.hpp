@@ -1,5 +1,6 @@
 // Graph fusion: folds element-wise activations into the GEMM epilogue of the dense layer they
-// follow. graph::build() runs it last, so every later consumer sees the fused graph.
+// follow, and a ReLU into the batch-norm it follows (one pass instead of two, forward and
+// backward). graph::build() runs it last, so every later consumer sees the fused graph.
 #pragma once
 
 #include "graph/graph.hpp"
@@ -11,9 +12,10 @@ namespace mixtrain::graph {
 bool fusion_enabled();
 
 // Merges each dense layer (without a fused activation yet) whose output is read by exactly one
-// layer, a relu or a tanh-approximated gelu, and is not the model output, with that activation:
-// the dense node becomes one fused node named "<dense>+<activation>" (salt, parameters and
-// parameter order unchanged) and the activation node leaves Graph::nodes. Readers of the
+// layer, a relu or a tanh-approximated gelu, and is not the model output, with that activation,
+// and likewise each batch_norm with a relu: the first node becomes one fused node named
+// "<layer>+<activation>" (salt, parameters, parameter order and buffers unchanged) and the
+// activation node leaves Graph::nodes. Readers of the
 // activation, and spec.output, resolve to the fused node. Returns the number of fusions.
 int fuse(Graph& g);
 

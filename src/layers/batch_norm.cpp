@@ -44,19 +44,20 @@ void BatchNorm::forward(const ForwardArgs& a) const {
   if (a.training) {
     a.backend.batch_norm_forward_training(a.inputs[0], a.params[0], a.params[1], a.output,
                                           a.buffers[kBatchMean], a.buffers[kBatchInvstd],
-                                          rows(a.batch), channels(), epsilon_);
+                                          rows(a.batch), channels(), epsilon_, relu_);
   } else {
     a.backend.batch_norm_forward_inference(a.inputs[0], a.params[0], a.params[1],
                                            a.buffers[kRunningMean], a.buffers[kRunningVar],
-                                           a.output, rows(a.batch), channels(), epsilon_);
+                                           a.output, rows(a.batch), channels(), epsilon_, relu_);
   }
 }
 
 void BatchNorm::backward(const BackwardArgs& a) const {
-  a.backend.batch_norm_backward(
-      a.inputs[0], a.grad_output, a.params[0], a.buffers[kBatchMean], a.buffers[kBatchInvstd],
-      a.grad_inputs[0], Buf{a.grad_params[0], a.grad_param_dtype},
-      Buf{a.grad_params[1], a.grad_param_dtype}, rows(a.batch), channels(), a.accumulate_inputs[0]);
+  a.backend.batch_norm_backward(a.inputs[0], a.grad_output, a.params[0], a.buffers[kBatchMean],
+                                a.buffers[kBatchInvstd], a.grad_inputs[0],
+                                Buf{a.grad_params[0], a.grad_param_dtype},
+                                Buf{a.grad_params[1], a.grad_param_dtype}, rows(a.batch),
+                                channels(), a.accumulate_inputs[0], relu_ ? a.output : CBuf());
 }
 
 void BatchNorm::after_check(const AfterCheckArgs& a) const {

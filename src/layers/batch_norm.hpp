@@ -8,8 +8,10 @@ namespace mixtrain {
 
 class BatchNorm final : public Layer {
  public:
-  BatchNorm(std::string name, std::uint64_t salt, float momentum, float epsilon)
-      : Layer(std::move(name), salt), momentum_(momentum), epsilon_(epsilon) {}
+  // relu: a ReLU fused into the same passes (graph::fuse() merges a batch_norm with the relu
+  // that alone reads it; the spec never says it).
+  BatchNorm(std::string name, std::uint64_t salt, float momentum, float epsilon, bool relu = false)
+      : Layer(std::move(name), salt), momentum_(momentum), epsilon_(epsilon), relu_(relu) {}
   std::string type() const override { return "batch_norm"; }
   Shape output_shape(const std::vector<Shape>& in) const override;
   // gamma [C] (ones) and beta [C] (zeros), read in fp32 in every precision (keep_fp32).
@@ -25,6 +27,9 @@ class BatchNorm final : public Layer {
   // Folds this step's statistics into the running ones, unless the step is skipped (the backend
   // op reads control->found_inf).
   bool has_after_check() const override { return true; }
+  float momentum() const { return momentum_; }
+  float epsilon() const { return epsilon_; }
+  bool fused_relu() const { return relu_; }
   void after_check(const AfterCheckArgs& a) const override;
 
  private:
@@ -32,6 +37,7 @@ class BatchNorm final : public Layer {
   std::int64_t rows(std::int64_t batch) const { return batch * in_numel() / channels(); }
   float momentum_;
   float epsilon_;
+  bool relu_;
 };
 
 }  // namespace mixtrain

@@ -198,18 +198,22 @@ class Backend {
   // CPU backend's reference path) computed in fp32 or better: the CPU sums in double.
   // Training: batch mean and 1 / sqrt(biased variance + eps) of each channel are written to
   // batch_mean / batch_invstd, and y = (x - mean) * invstd * gamma + beta.
+  // With relu, y = max(that, 0) in the same pass (batch-norm + ReLU fused: the graph's fusion
+  // pass sets it), the same bits as the two ops one after the other.
   virtual void batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf y, Buf batch_mean,
                                            Buf batch_invstd, std::int64_t rows,
-                                           std::int64_t channels, float eps) = 0;
-  // Inference: y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta.
+                                           std::int64_t channels, float eps, bool relu) = 0;
+  // Inference: y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta (then ReLU).
   virtual void batch_norm_forward_inference(CBuf x, CBuf gamma, CBuf beta, CBuf running_mean,
                                             CBuf running_var, Buf y, std::int64_t rows,
-                                            std::int64_t channels, float eps) = 0;
+                                            std::int64_t channels, float eps, bool relu) = 0;
   // Gradients through the training forward (batch statistics): dx (+)= the input gradient
   // (skipped when dx is null), dgamma and dbeta (F32, or F64 on the reference path) overwritten.
+  // relu_output: the fused forward's y when it applied ReLU, else null; dy then reaches the
+  // batch-norm only where relu_output > 0 (dy * [y > 0], as ReLU's own backward computes it).
   virtual void batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_mean, CBuf batch_invstd,
                                    Buf dx, Buf dgamma, Buf dbeta, std::int64_t rows,
-                                   std::int64_t channels, bool accumulate) = 0;
+                                   std::int64_t channels, bool accumulate, CBuf relu_output) = 0;
   // running = (1 - momentum) * running + momentum * batch (PyTorch's convention), the variance
   // unbiased (times count / (count - 1), count = rows of the batch). Does nothing when
   // control->found_inf is set: a skipped step leaves the running statistics untouched.

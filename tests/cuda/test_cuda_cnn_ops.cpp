@@ -137,9 +137,9 @@ TEST_F(CnnOpsTest, BatchNormForwardTraining) {
         mean.poison();
         invstd.poison();
         cpu().batch_norm_forward_training(x.cpu(), gamma.cpu(), beta.cpu(), y.cpu(), mean.cpu(),
-                                          invstd.cpu(), s.rows, C, kBnEps);
+                                          invstd.cpu(), s.rows, C, kBnEps, false);
         gpu().batch_norm_forward_training(x.gpu(), gamma.gpu(), beta.gpu(), y.gpu(), mean.gpu(),
-                                          invstd.gpu(), s.rows, C, kBnEps);
+                                          invstd.gpu(), s.rows, C, kBnEps, false);
         const ChannelStats st = channel_stats(xv, s.rows, C);
         const std::vector<float> mr = mean.cpu_values(), mg = mean.gpu_values();
         const std::vector<float> ir = invstd.cpu_values(), ig = invstd.gpu_values();
@@ -185,9 +185,9 @@ TEST_F(CnnOpsTest, BatchNormForwardInference) {
         const std::vector<float> vv = rvar.set(uniform(C, 0.25f, 4.0f));
         y.poison();
         cpu().batch_norm_forward_inference(x.cpu(), gamma.cpu(), beta.cpu(), rmean.cpu(),
-                                           rvar.cpu(), y.cpu(), s.rows, C, kBnEps);
+                                           rvar.cpu(), y.cpu(), s.rows, C, kBnEps, false);
         gpu().batch_norm_forward_inference(x.gpu(), gamma.gpu(), beta.gpu(), rmean.gpu(),
-                                           rvar.gpu(), y.gpu(), s.rows, C, kBnEps);
+                                           rvar.gpu(), y.gpu(), s.rows, C, kBnEps, false);
         // The same IEEE operations on the same values; only an FMA contraction of
         // (x - m) * s + b on one side differs: 2 eps32 of the terms.
         const std::vector<float> yr = y.cpu_values();
@@ -245,9 +245,9 @@ TEST_F(CnnOpsTest, BatchNormBackward) {
         const Buf cdx = mode == kNoDx ? Buf{} : dx.cpu();
         const Buf gdx = mode == kNoDx ? Buf{} : dx.gpu();
         cpu().batch_norm_backward(x.cpu(), dy.cpu(), gamma.cpu(), mean.cpu(), invstd.cpu(), cdx,
-                                  dgamma.cpu(), dbeta.cpu(), s.rows, C, acc);
+                                  dgamma.cpu(), dbeta.cpu(), s.rows, C, acc, CBuf());
         gpu().batch_norm_backward(x.gpu(), dy.gpu(), gamma.gpu(), mean.gpu(), invstd.gpu(), gdx,
-                                  dgamma.gpu(), dbeta.gpu(), s.rows, C, acc);
+                                  dgamma.gpu(), dbeta.gpu(), s.rows, C, acc, CBuf());
         // Per channel: sum |dy| and sum |dy * xhat|, the scales of the sums' errors.
         std::vector<double> abs_dy(Cu, 0.0), abs_dyx(Cu, 0.0);
         std::vector<double> xhat(xv.size());
@@ -510,9 +510,9 @@ TEST_F(CnnOpsTest, ReductionsGiveTheSameBitsEveryRunAndUnderGraphReplay) {
       pdy.set(normal(pd.P * pd.Q * C, 0.0f, 1.0f));
       const auto ops = [&] {
         gpu().batch_norm_forward_training(x.gpu(), gamma.gpu(), beta.gpu(), y.gpu(), mean.gpu(),
-                                          invstd.gpu(), s.rows, C, kBnEps);
+                                          invstd.gpu(), s.rows, C, kBnEps, false);
         gpu().batch_norm_backward(x.gpu(), dy.gpu(), gamma.gpu(), mean.gpu(), invstd.gpu(),
-                                  dx.gpu(), dgamma.gpu(), dbeta.gpu(), s.rows, C, false);
+                                  dx.gpu(), dgamma.gpu(), dbeta.gpu(), s.rows, C, false, CBuf());
         gpu().global_avg_pool_forward(x.gpu(), gy.gpu(), images, 100, C);
         gpu().max_pool2d_forward(pd, x.gpu(), py.gpu());
         gpu().max_pool2d_backward(pd, x.gpu(), py.gpu(), pdy.gpu(), pdx.gpu(), false);
@@ -546,10 +546,10 @@ TEST_F(CnnOpsTest, BadArgumentsThrow) {
   Twin s(cpu(), gpu(), DType::F16, 8);
   // Mismatched x / y dtypes, and f16 statistics (the CUDA backend keeps them in f32).
   EXPECT_THROW(gpu().batch_norm_forward_training(a.gpu(), a.gpu(), a.gpu(), b.gpu(), a.gpu(),
-                                                 a.gpu(), 8, 8, kBnEps),
+                                                 a.gpu(), 8, 8, kBnEps, false),
                Error);
   EXPECT_THROW(gpu().batch_norm_forward_training(a.gpu(), a.gpu(), a.gpu(), a.gpu(), s.gpu(),
-                                                 a.gpu(), 8, 8, kBnEps),
+                                                 a.gpu(), 8, 8, kBnEps, false),
                Error);
   PoolDesc d;
   d.N = 1;

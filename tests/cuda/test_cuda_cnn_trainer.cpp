@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "cuda_test_util.hpp"
+#include "graph/graph.hpp"
 #include "mixtrain/mixtrain.hpp"
 
 namespace mixtrain::cuda_test {
@@ -158,6 +159,29 @@ TEST_F(CnnEndToEnd, GraphReplayGivesTheSameBitsAsEager) {
     }
     EXPECT_EQ(graph.weights, eager.weights);
     EXPECT_EQ(graph.predictions, eager.predictions);
+  }
+}
+
+TEST_F(CnnEndToEnd, FusedBatchNormReluGivesTheUnfusedBits) {
+  // relu(round(bn)) == round(relu(bn)) and the backward mask is ReLU's own product: the fused
+  // kernels give the bits of batch-norm and ReLU run apart.
+  const Batches b = make_batches(rng_, 3);
+  const Model fused = cnn();
+  Model plain;
+  {
+    ScopedEnv env("MIXTRAIN_FUSION", "0");
+    plain = cnn();
+  }
+  ASSERT_LT(fused.graph().nodes.size(), plain.graph().nodes.size());
+  for (Precision p : {Precision::FP32, Precision::FP16, Precision::BF16}) {
+    SCOPED_TRACE(std::string(precision_name(p)));
+    const TrainRun f = train(fused, config(Device::CUDA, p), b, 8);
+    const TrainRun u = train(plain, config(Device::CUDA, p), b, 8);
+    for (std::size_t s = 0; s < f.history.size(); ++s) {
+      EXPECT_EQ(f.history[s].loss, u.history[s].loss) << "step " << s;
+    }
+    EXPECT_EQ(f.weights, u.weights);
+    EXPECT_EQ(f.predictions, u.predictions);
   }
 }
 

@@ -57,13 +57,13 @@ class CpuBackend final : public Backend {
   // cpu_norm.cpp
   void batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf y, Buf batch_mean,
                                    Buf batch_invstd, std::int64_t rows, std::int64_t channels,
-                                   float eps) override;
+                                   float eps, bool relu) override;
   void batch_norm_forward_inference(CBuf x, CBuf gamma, CBuf beta, CBuf running_mean,
                                     CBuf running_var, Buf y, std::int64_t rows,
-                                    std::int64_t channels, float eps) override;
+                                    std::int64_t channels, float eps, bool relu) override;
   void batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_mean, CBuf batch_invstd, Buf dx,
                            Buf dgamma, Buf dbeta, std::int64_t rows, std::int64_t channels,
-                           bool accumulate) override;
+                           bool accumulate, CBuf relu_output) override;
   void batch_norm_update_running(CBuf batch_mean, CBuf batch_invstd, Buf running_mean,
                                  Buf running_var, std::int64_t channels, float momentum,
                                  std::int64_t count, float eps,

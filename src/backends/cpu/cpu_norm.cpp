@@ -45,7 +45,7 @@ void write_channels(Buf b, const std::vector<double>& v) {
 }
 
 // Per-channel sums in double over the rows: K arrays of [channels]. f(r, acc, tmp) adds row r's
-// terms into acc ([K][channels], the partials of the row's block); tmp holds 2 * channels values
+// terms into acc ([K][channels], the partials of the row's block); tmp holds 3 * channels values
 // of A for the rows it loads. Blocks of rows are summed in parallel, then in order.
 template <typename A, int K, typename F>
 std::vector<double> channel_sums(std::int64_t rows, std::int64_t channels, F&& f) {
@@ -54,7 +54,7 @@ std::vector<double> channel_sums(std::int64_t rows, std::int64_t channels, F&& f
   std::vector<double> partial(static_cast<std::size_t>(blocks * width), 0.0);
 #pragma omp parallel if (rows * channels >= kParallelMin)
   {
-    std::vector<A> tmp(static_cast<std::size_t>(2 * channels));
+    std::vector<A> tmp(static_cast<std::size_t>(3 * channels));
 #pragma omp for schedule(static)
     for (std::int64_t b = 0; b < blocks; ++b) {
       double* acc = partial.data() + b * width;
@@ -69,6 +69,12 @@ std::vector<double> channel_sums(std::int64_t rows, std::int64_t channels, F&& f
     }
   }
   return sum;
+}
+
+// The fused ReLU, as the activation computes it (x > 0 ? x : 0).
+template <typename A>
+void relu_row(A* v, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) v[i] = v[i] > A(0) ? v[i] : A(0);
 }
 
 // Runs f(r, tmp) for every row in parallel; tmp holds 3 * channels values of A per thread.
@@ -93,7 +99,7 @@ void require_same(DType a, DType b, const char* op) {
 
 void CpuBackend::batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf y, Buf batch_mean,
                                              Buf batch_invstd, std::int64_t rows,
-                                             std::int64_t channels, float eps) {
+                                             std::int64_t channels, float eps, bool relu) {
   require_same(x.dtype, y.dtype, "batch_norm_forward_training");
   dispatch_float(x.dtype, [&](auto t) {
     using T = decltype(t);
@@ -130,6 +136,7 @@ void CpuBackend::batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf 
         const auto k = static_cast<std::size_t>(c);
         tmp[c] = (tmp[c] - m[k]) * scale[k] + b[k];
       }
+      if (relu) relu_row(tmp, channels);
       row_out(tmp, py + r * channels, channels);
     });
   });
@@ -137,7 +144,7 @@ void CpuBackend::batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf 
 
 void CpuBackend::batch_norm_forward_inference(CBuf x, CBuf gamma, CBuf beta, CBuf running_mean,
                                               CBuf running_var, Buf y, std::int64_t rows,
-                                              std::int64_t channels, float eps) {
+                                              std::int64_t channels, float eps, bool relu) {
   require_same(x.dtype, y.dtype, "batch_norm_forward_inference");
   dispatch_float(x.dtype, [&](auto t) {
     using T = decltype(t);
@@ -158,6 +165,7 @@ void CpuBackend::batch_norm_forward_inference(CBuf x, CBuf gamma, CBuf beta, CBu
         const auto k = static_cast<std::size_t>(c);
         tmp[c] = (tmp[c] - m[k]) * scale[k] + b[k];
       }
+      if (relu) relu_row(tmp, channels);
       row_out(tmp, py + r * channels, channels);
     });
   });
@@ -165,16 +173,26 @@ void CpuBackend::batch_norm_forward_inference(CBuf x, CBuf gamma, CBuf beta, CBu
 
 void CpuBackend::batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_mean,
                                      CBuf batch_invstd, Buf dx, Buf dgamma, Buf dbeta,
-                                     std::int64_t rows, std::int64_t channels, bool accumulate) {
+                                     std::int64_t rows, std::int64_t channels, bool accumulate,
+                                     CBuf relu_output) {
   require_same(x.dtype, dy.dtype, "batch_norm_backward");
   if (dx) require_same(x.dtype, dx.dtype, "batch_norm_backward");
+  if (relu_output) require_same(x.dtype, relu_output.dtype, "batch_norm_backward");
   dispatch_float(x.dtype, [&](auto t) {
     using T = decltype(t);
     using A = acc_t<T>;
     const T* px = as<T>(x.ptr);
     const T* pdy = as<T>(dy.ptr);
+    const T* pyr = as<T>(relu_output.ptr);
     T* pdx = as<T>(dx.ptr);
     const std::vector<double> m = read_channels<double>(batch_mean, channels);
+    // dy of row r as A in gr (masked by the fused ReLU's output; `mask` is scratch for one row).
+    const auto load_dy = [&](std::int64_t r, A* gr, A* mask) {
+      row_in(pdy + r * channels, gr, channels);
+      if (pyr == nullptr) return;
+      row_in(pyr + r * channels, mask, channels);
+      for (std::int64_t c = 0; c < channels; ++c) gr[c] *= mask[c] > A(0) ? A(1) : A(0);
+    };
     const std::vector<double> inv = read_channels<double>(batch_invstd, channels);
     // [sum dy | sum dy * xhat], in one pass.
     const std::vector<double> sums =
@@ -182,7 +200,7 @@ void CpuBackend::batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_mea
           A* xr = tmp;
           A* gr = tmp + channels;
           row_in(px + r * channels, xr, channels);
-          row_in(pdy + r * channels, gr, channels);
+          load_dy(r, gr, tmp + 2 * channels);
           for (std::int64_t c = 0; c < channels; ++c) {
             const auto k = static_cast<std::size_t>(c);
             const double g = gr[c];
@@ -211,7 +229,7 @@ void CpuBackend::batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_mea
       A* xr = tmp;
       A* gr = tmp + channels;
       row_in(px + r * channels, xr, channels);
-      row_in(pdy + r * channels, gr, channels);
+      load_dy(r, gr, tmp + 2 * channels);
       for (std::int64_t c = 0; c < channels; ++c) {
         const auto k = static_cast<std::size_t>(c);
         const A xhat = (xr[c] - mean_a[k]) * inv_a[k];

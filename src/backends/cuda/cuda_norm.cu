@@ -322,7 +322,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 // (s = gamma / sqrt(var + eps)). x may be y (each element is read, then written, by one thread).
 // Block y of the grid takes the groups of kUnroll * ty rows y, y + gridDim.y, ... (a grid of about
 // one wave of resident blocks: the per-channel constants are computed once per block).
-template <typename T, int V, bool kRunning>
+template <typename T, int V, bool kRunning, bool kRelu>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     bn_apply_kernel(const T* x, T* y, Channels mean, Channels spread, Channels gamma, Channels beta,
                     float eps, std::int64_t rows, std::int64_t channels, std::int64_t cols,
@@ -350,7 +350,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
           float o[V];
           unpack(raw[u], o);
 #pragma unroll
-          for (int j = 0; j < V; ++j) o[j] = (o[j] - m[j]) * s[j] + b[j];
+          for (int j = 0; j < V; ++j) {
+            o[j] = (o[j] - m[j]) * s[j] + b[j];
+            if constexpr (kRelu) o[j] = o[j] > 0.0f ? o[j] : 0.0f;  // the fused ReLU
+          }
           store_pack<V>(y + (r + u * step) * channels + cv * V, o);
         }
       }
@@ -358,16 +361,27 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   }
 }
 
+// g *= [y > 0]: the fused ReLU's backward, as ReLU's own backward computes it (a product, so a
+// non-finite gradient where y <= 0 stays non-finite, exactly as unfused).
+template <int V, typename T>
+__device__ __forceinline__ void mask_by_relu(const Pack<T, V>& y, float (&g)[V]) {
+  float yv[V];
+  unpack(y, yv);
+#pragma unroll
+  for (int j = 0; j < V; ++j) g[j] *= yv[j] > 0.0f ? 1.0f : 0.0f;
+}
+
 // dbeta = sum dy and dgamma = sum dy * xhat per channel, xhat = (x - mean) * invstd (the same
 // reduction scheme as bn_moments_kernel; partial: [chunk][2][channels] doubles).
-template <typename T, int V>
+template <typename T, int V, bool kMask>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     bn_backward_sums_kernel(const T* __restrict__ x, const T* __restrict__ dy,
-                            const float* __restrict__ mean, const float* __restrict__ invstd,
-                            std::int64_t rows, std::int64_t channels, std::int64_t cols,
-                            std::int64_t tiles, std::int64_t per_chunk,
-                            double* __restrict__ partial, unsigned int* __restrict__ counters,
-                            float* __restrict__ dgamma, float* __restrict__ dbeta) {
+                            const T* __restrict__ relu_y, const float* __restrict__ mean,
+                            const float* __restrict__ invstd, std::int64_t rows,
+                            std::int64_t channels, std::int64_t cols, std::int64_t tiles,
+                            std::int64_t per_chunk, double* __restrict__ partial,
+                            unsigned int* __restrict__ counters, float* __restrict__ dgamma,
+                            float* __restrict__ dbeta) {
   __shared__ SumsShared<V> sh;
   const std::int64_t step = blockDim.y;
   const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.y) * per_chunk;
@@ -385,15 +399,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
         inv[j] = invstd[cv * V + j];
       }
       for (std::int64_t r = r0 + threadIdx.y; r < r1; r += kUnroll2 * step) {
-        Pack<T, V> xraw[kUnroll2], graw[kUnroll2];
+        Pack<T, V> xraw[kUnroll2], graw[kUnroll2], mraw[kUnroll2];
         load_rows(x + cv * V, r, r1 - 1, step, channels, xraw);
         load_rows(dy + cv * V, r, r1 - 1, step, channels, graw);
+        if constexpr (kMask) load_rows(relu_y + cv * V, r, r1 - 1, step, channels, mraw);
 #pragma unroll
         for (int u = 0; u < kUnroll2; ++u) {
           if (r + u * step < r1) {
             float xv[V], gv[V];
             unpack(xraw[u], xv);
             unpack(graw[u], gv);
+            if constexpr (kMask) mask_by_relu(mraw[u], gv);
 #pragma unroll
             for (int j = 0; j < V; ++j) {
               sdy[j] += gv[j];
@@ -458,12 +474,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 // dx (+)= gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)), the means from the sums
 // bn_backward_sums_kernel just stored; rows as in bn_apply_kernel. dx may be dy (no __restrict__:
 // every row is loaded before it is stored).
-template <typename T, int V>
+template <typename T, int V, bool kMask>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
-    bn_backward_dx_kernel(const T* x, const T* dy, T* dx, const float* mean, const float* invstd,
-                          Channels gamma, const float* dgamma, const float* dbeta, bool accumulate,
-                          std::int64_t rows, std::int64_t channels, std::int64_t cols,
-                          std::int64_t tiles) {
+    bn_backward_dx_kernel(const T* x, const T* dy, const T* relu_y, T* dx, const float* mean,
+                          const float* invstd, Channels gamma, const float* dgamma,
+                          const float* dbeta, bool accumulate, std::int64_t rows,
+                          std::int64_t channels, std::int64_t cols, std::int64_t tiles) {
   const std::int64_t step = blockDim.y;
   const std::int64_t group = kUnroll2 * step;
   const double inv_rows = 1.0 / static_cast<double>(rows);
@@ -481,9 +497,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       mdyx[j] = static_cast<float>(static_cast<double>(dgamma[c]) * inv_rows);
     }
     for (std::int64_t r = blockIdx.y * group + threadIdx.y; r < rows; r += gridDim.y * group) {
-      Pack<T, V> xraw[kUnroll2], graw[kUnroll2], praw[kUnroll2];
+      Pack<T, V> xraw[kUnroll2], graw[kUnroll2], praw[kUnroll2], mraw[kUnroll2];
       load_rows(x + cv * V, r, rows - 1, step, channels, xraw);
       load_rows(dy + cv * V, r, rows - 1, step, channels, graw);
+      if constexpr (kMask) load_rows(relu_y + cv * V, r, rows - 1, step, channels, mraw);
       if (accumulate) load_rows(dx + cv * V, r, rows - 1, step, channels, praw);
 #pragma unroll
       for (int u = 0; u < kUnroll2; ++u) {
@@ -491,6 +508,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
           float xv[V], o[V], prev[V] = {};
           unpack(xraw[u], xv);
           unpack(graw[u], o);
+          if constexpr (kMask) mask_by_relu(mraw[u], o);
           if (accumulate) unpack(praw[u], prev);
 #pragma unroll
           for (int j = 0; j < V; ++j) {
@@ -628,7 +646,7 @@ Channels channels_of(CBuf b, const char* op, const char* what) {
 
 void CudaBackend::batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf y, Buf batch_mean,
                                               Buf batch_invstd, std::int64_t rows,
-                                              std::int64_t channels, float eps) {
+                                              std::int64_t channels, float eps, bool relu) {
   const char* op = "batch_norm_forward_training";
   require_same(x.dtype, y.dtype, op);
   const Channels g = channels_of(gamma, op, "gamma");
@@ -650,7 +668,7 @@ void CudaBackend::batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf
     with_pack<T>(vector, [&](auto pack) {
       constexpr int V = decltype(pack)::value;
       static const int moments_resident = resident_blocks(bn_moments_kernel<T, V>);
-      static const int apply_resident = resident_blocks(bn_apply_kernel<T, V, false>);
+      static const int apply_resident = resident_blocks(bn_apply_kernel<T, V, false, false>);
       const Tiling r = reduce_tiling(rows, channels, V, kNormCounters, sm_count_, moments_resident,
                                      scratch_bytes_);
       bn_moments_kernel<T, V><<<r.grid(), r.block(), 0, stream_>>>(
@@ -658,7 +676,9 @@ void CudaBackend::batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf
           static_cast<double*>(scratch_), step_counters_ + kCounterNorm, mean, invstd);
       MIXTRAIN_CUDA_LAUNCH_CHECK("bn_moments_kernel");
       const Tiling a = apply_tiling(rows, channels, V, kUnroll, sm_count_, apply_resident);
-      bn_apply_kernel<T, V, false><<<a.grid(), a.block(), 0, stream_>>>(
+      const auto kernel =
+          relu ? bn_apply_kernel<T, V, false, true> : bn_apply_kernel<T, V, false, false>;
+      kernel<<<a.grid(), a.block(), 0, stream_>>>(
           static_cast<const T*>(x.ptr), static_cast<T*>(y.ptr), Channels{mean, DType::F32},
           Channels{invstd, DType::F32}, g, b, eps, rows, channels, a.cols, a.tiles);
       MIXTRAIN_CUDA_LAUNCH_CHECK("bn_apply_kernel");
@@ -668,7 +688,7 @@ void CudaBackend::batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf
 
 void CudaBackend::batch_norm_forward_inference(CBuf x, CBuf gamma, CBuf beta, CBuf running_mean,
                                                CBuf running_var, Buf y, std::int64_t rows,
-                                               std::int64_t channels, float eps) {
+                                               std::int64_t channels, float eps, bool relu) {
   const char* op = "batch_norm_forward_inference";
   require_same(x.dtype, y.dtype, op);
   const Channels g = channels_of(gamma, op, "gamma");
@@ -682,11 +702,13 @@ void CudaBackend::batch_norm_forward_inference(CBuf x, CBuf gamma, CBuf beta, CB
     const bool vector = channels % kPack == 0 && aligned_to(x.ptr, 16) && aligned_to(y.ptr, 16);
     with_pack<T>(vector, [&](auto pack) {
       constexpr int V = decltype(pack)::value;
-      static const int resident = resident_blocks(bn_apply_kernel<T, V, true>);
+      static const int resident = resident_blocks(bn_apply_kernel<T, V, true, false>);
       const Tiling a = apply_tiling(rows, channels, V, kUnroll, sm_count_, resident);
-      bn_apply_kernel<T, V, true><<<a.grid(), a.block(), 0, stream_>>>(
-          static_cast<const T*>(x.ptr), static_cast<T*>(y.ptr), m, v, g, b, eps, rows, channels,
-          a.cols, a.tiles);
+      const auto kernel =
+          relu ? bn_apply_kernel<T, V, true, true> : bn_apply_kernel<T, V, true, false>;
+      kernel<<<a.grid(), a.block(), 0, stream_>>>(static_cast<const T*>(x.ptr),
+                                                  static_cast<T*>(y.ptr), m, v, g, b, eps, rows,
+                                                  channels, a.cols, a.tiles);
       MIXTRAIN_CUDA_LAUNCH_CHECK("bn_apply_kernel");
     });
   });
@@ -694,10 +716,12 @@ void CudaBackend::batch_norm_forward_inference(CBuf x, CBuf gamma, CBuf beta, CB
 
 void CudaBackend::batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_mean,
                                       CBuf batch_invstd, Buf dx, Buf dgamma, Buf dbeta,
-                                      std::int64_t rows, std::int64_t channels, bool accumulate) {
+                                      std::int64_t rows, std::int64_t channels, bool accumulate,
+                                      CBuf relu_output) {
   const char* op = "batch_norm_backward";
   require_same(x.dtype, dy.dtype, op);
   if (dx) require_same(x.dtype, dx.dtype, op);
+  if (relu_output) require_same(x.dtype, relu_output.dtype, op);
   const Channels g = channels_of(gamma, op, "gamma");
   require_f32(batch_mean, op, "batch_mean");
   require_f32(batch_invstd, op, "batch_invstd");
@@ -717,23 +741,31 @@ void CudaBackend::batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_me
     float* db = static_cast<float*>(dbeta.ptr);
     constexpr int kPack = static_cast<int>(16 / sizeof(T));
     const bool vector = channels % kPack == 0 && aligned_to(x.ptr, 16) && aligned_to(dy.ptr, 16) &&
-                        (!dx || aligned_to(dx.ptr, 16));
+                        (!dx || aligned_to(dx.ptr, 16)) &&
+                        (!relu_output || aligned_to(relu_output.ptr, 16));
+    const T* relu_y = static_cast<const T*>(relu_output.ptr);
     with_pack<T>(vector, [&](auto pack) {
       constexpr int V = decltype(pack)::value;
-      static const int sums_resident = resident_blocks(bn_backward_sums_kernel<T, V>);
-      static const int dx_resident = resident_blocks(bn_backward_dx_kernel<T, V>);
+      // The masked kernels (one more tensor read) are sized like the plain ones.
+      static const int sums_resident = resident_blocks(bn_backward_sums_kernel<T, V, true>);
+      static const int dx_resident = resident_blocks(bn_backward_dx_kernel<T, V, true>);
       const Tiling r =
           reduce_tiling(rows, channels, V, kNormCounters, sm_count_, sums_resident, scratch_bytes_);
-      bn_backward_sums_kernel<T, V><<<r.grid(), r.block(), 0, stream_>>>(
-          static_cast<const T*>(x.ptr), static_cast<const T*>(dy.ptr), mean, invstd, rows, channels,
-          r.cols, r.tiles, r.per_chunk, static_cast<double*>(scratch_),
+      const auto sums = relu_y != nullptr ? bn_backward_sums_kernel<T, V, true>
+                                          : bn_backward_sums_kernel<T, V, false>;
+      sums<<<r.grid(), r.block(), 0, stream_>>>(
+          static_cast<const T*>(x.ptr), static_cast<const T*>(dy.ptr), relu_y, mean, invstd, rows,
+          channels, r.cols, r.tiles, r.per_chunk, static_cast<double*>(scratch_),
           step_counters_ + kCounterNorm, dg, db);
       MIXTRAIN_CUDA_LAUNCH_CHECK("bn_backward_sums_kernel");
       if (!dx) return;
       const Tiling a = apply_tiling(rows, channels, V, kUnroll2, sm_count_, dx_resident);
-      bn_backward_dx_kernel<T, V><<<a.grid(), a.block(), 0, stream_>>>(
-          static_cast<const T*>(x.ptr), static_cast<const T*>(dy.ptr), static_cast<T*>(dx.ptr),
-          mean, invstd, g, dg, db, accumulate, rows, channels, a.cols, a.tiles);
+      const auto dx_kernel = relu_y != nullptr ? bn_backward_dx_kernel<T, V, true>
+                                               : bn_backward_dx_kernel<T, V, false>;
+      dx_kernel<<<a.grid(), a.block(), 0, stream_>>>(
+          static_cast<const T*>(x.ptr), static_cast<const T*>(dy.ptr), relu_y,
+          static_cast<T*>(dx.ptr), mean, invstd, g, dg, db, accumulate, rows, channels, a.cols,
+          a.tiles);
       MIXTRAIN_CUDA_LAUNCH_CHECK("bn_backward_dx_kernel");
     });
   });
