@@ -189,7 +189,9 @@ class Backend {
   virtual void conv2d_backward_data(const ConvDesc& desc, CBuf dy, CBuf w, Buf dx,
                                     bool accumulate) = 0;
   // dw [K, R, S, C / groups] = the weight gradient, and db [K] = sum of dy over N, P, Q when db
-  // is set; both overwritten, F32 (F64 with an F64 x and dy on the CPU backend).
+  // is set; both overwritten, F32 (F64 with an F64 x and dy on the CPU backend). With FP16/BF16
+  // operands dw is rounded to that dtype before it is stored in fp32 (cuDNN produces it in the
+  // tensor dtype): it overflows to inf where the GPU's would.
   virtual void conv2d_backward_filter(const ConvDesc& desc, CBuf x, CBuf dy, Buf dw, Buf db) = 0;
 
   // Batch normalisation over the last dimension: x, y, dy, dx are [rows, channels] (rows = every

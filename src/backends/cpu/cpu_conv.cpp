@@ -388,6 +388,14 @@ void CpuBackend::conv2d_backward_filter(const ConvDesc& d, CBuf x, CBuf dy, Buf 
                      pdw + g * ge.kg * ge.kc, ge.kc);
       }
     }
+    if constexpr (!direct) {
+      // The weight gradient passes through the tensor dtype, as cuDNN (and PyTorch AMP) produce
+      // it: rounded once, and inf where it overflows FP16, so the loss scaler sees the overflow
+      // the GPU would see.
+      const std::int64_t count = d.K * ge.kc;
+#pragma omp parallel for schedule(static) if (count >= kParallelMin)
+      for (std::int64_t i = 0; i < count; ++i) pdw[i] = load(store<T>(pdw[i]));
+    }
   });
   if (db) bias_grad(dy, db, d.N * d.P * d.Q, d.K, false);
 }
