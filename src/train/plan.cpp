@@ -1,6 +1,7 @@
 #include "train/plan.hpp"
 
 #include <algorithm>
+#include <cstdint>
 
 namespace mixtrain {
 
@@ -14,6 +15,71 @@ struct Layout {
     return offset;
   }
 };
+
+// One activation gradient: its bytes and the backward steps it lives through.
+struct GradientLife {
+  std::size_t bytes = 0;
+  std::int64_t first = 0, last = 0;  // inclusive, in backward order (-1: the loss, before all)
+  std::size_t offset = 0;
+};
+
+// Node i's activation gradient is written first by the backward of its last reader (or by the
+// loss, for the model output and the node the loss may read instead: the output's input) and
+// read last by node i's own backward. Backward visits nodes from the last to the first, so node
+// k runs at backward step count - 1 - k. Gradients whose lifetimes do not overlap share memory:
+// the largest are placed first, each at the lowest offset clear of every placed gradient it
+// overlaps in time (first fit). Returns the bytes of the shared region.
+std::size_t place_gradients(const graph::Graph& g, std::size_t batch, std::size_t elem,
+                            std::vector<GradientLife>& lives) {
+  const auto count = static_cast<std::int64_t>(g.nodes.size());
+  lives.assign(g.nodes.size(), {});
+  for (std::int64_t i = 0; i < count; ++i) {
+    GradientLife& life = lives[static_cast<std::size_t>(i)];
+    const std::size_t bytes =
+        batch * static_cast<std::size_t>(numel(g.nodes[static_cast<std::size_t>(i)].shape)) * elem;
+    life.bytes = (bytes + 255) / 256 * 256;
+    life.last = count - 1 - i;
+    life.first = life.last;
+  }
+  for (std::int64_t j = 0; j < count; ++j) {
+    for (int src : g.nodes[static_cast<std::size_t>(j)].inputs) {
+      if (src == graph::kModelInput) continue;
+      GradientLife& life = lives[static_cast<std::size_t>(src)];
+      life.first = std::min(life.first, count - 1 - j);
+    }
+  }
+  const auto output = static_cast<std::size_t>(g.output);
+  lives[output].first = -1;
+  for (int src : g.nodes[output].inputs) {
+    if (src != graph::kModelInput) lives[static_cast<std::size_t>(src)].first = -1;
+  }
+
+  std::vector<std::size_t> order(lives.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return lives[a].bytes > lives[b].bytes; });
+  std::vector<std::size_t> placed;
+  std::size_t total = 0;
+  for (std::size_t i : order) {
+    GradientLife& life = lives[i];
+    // Placed gradients alive at the same time, by offset.
+    std::vector<std::size_t> clash;
+    for (std::size_t k : placed) {
+      if (lives[k].first <= life.last && life.first <= lives[k].last) clash.push_back(k);
+    }
+    std::sort(clash.begin(), clash.end(),
+              [&](std::size_t a, std::size_t b) { return lives[a].offset < lives[b].offset; });
+    std::size_t offset = 0;
+    for (std::size_t k : clash) {
+      if (offset + life.bytes <= lives[k].offset) break;
+      offset = std::max(offset, lives[k].offset + lives[k].bytes);
+    }
+    life.offset = offset;
+    total = std::max(total, offset + life.bytes);
+    placed.push_back(i);
+  }
+  return total;
+}
 
 }  // namespace
 
@@ -39,12 +105,12 @@ Plan::Plan(const graph::Graph& g, Backend& be, const PlanOptions& o)
   const std::size_t off_working = o.policy.mixed() ? l.take(pc * csize) : 0;
   std::size_t off_state[kMaxOptimizerSlots] = {};
   for (int s = 0; s < o.optimizer_slots; ++s) off_state[s] = l.take(pc * 4);
-  std::vector<std::size_t> off_act(g.nodes.size()), off_grad(g.nodes.size());
+  std::vector<std::size_t> off_act(g.nodes.size());
   for (std::size_t i = 0; i < g.nodes.size(); ++i) {
-    const std::size_t n = b * static_cast<std::size_t>(numel(g.nodes[i].shape)) * csize;
-    off_act[i] = l.take(n);
-    off_grad[i] = l.take(n);
+    off_act[i] = l.take(b * static_cast<std::size_t>(numel(g.nodes[i].shape)) * csize);
   }
+  std::vector<GradientLife> lives;
+  const std::size_t off_grads_region = l.take(place_gradients(g, b, csize, lives));
   const std::size_t sample = static_cast<std::size_t>(numel(g.sample_shape));
   const std::size_t off_input = l.take(b * sample * csize);
   const std::size_t off_staging = l.take(b * sample * 4);
@@ -83,7 +149,7 @@ Plan::Plan(const graph::Graph& g, Backend& be, const PlanOptions& o)
   nodes.resize(g.nodes.size());
   for (std::size_t i = 0; i < g.nodes.size(); ++i) {
     nodes[i].activation = Buf{base + off_act[i], ct};
-    nodes[i].gradient = Buf{base + off_grad[i], ct};
+    nodes[i].gradient = Buf{base + off_grads_region + lives[i].offset, ct};
     nodes[i].param_offsets = offsets[i];
   }
   input = Buf{base + off_input, ct};

@@ -3,8 +3,9 @@
 //
 // Arena layout (each region 256-byte aligned):
 //   master [P] f32 | grads [P] f32 | working copy [P] compute dtype (mixed precision only) |
-//   optimizer state [slots][P] f32 | activations and activation gradients per node
-//   [max_batch, shape] compute dtype | model input [max_batch, sample] compute dtype |
+//   optimizer state [slots][P] f32 | activations per node [max_batch, shape] compute dtype |
+//   activation gradients, same shapes, sharing memory where their lifetimes in the backward
+//   pass do not overlap | model input [max_batch, sample] compute dtype |
 //   input staging f32 | output staging f32 | labels i32 | targets f32 | control block | step
 //   history ring
 #pragma once
