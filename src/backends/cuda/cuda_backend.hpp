@@ -23,8 +23,16 @@ namespace mixtrain::cuda {
 
 // Every field of a GEMM that changes the cuBLASLt descriptors or the algorithm choice.
 using GemmKey = std::array<std::int64_t, 27>;
-struct GemmKeyHash {
-  std::size_t operator()(const GemmKey& k) const noexcept;
+// Hash of the plan keys (GemmKey, ConvKey): FNV-style mixing of every field.
+struct PlanKeyHash {
+  template <std::size_t N>
+  std::size_t operator()(const std::array<std::int64_t, N>& k) const noexcept {
+    std::uint64_t h = 0xcbf29ce484222325ull;
+    for (std::int64_t v : k) {
+      h ^= static_cast<std::uint64_t>(v) + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
+    }
+    return static_cast<std::size_t>(h);
+  }
 };
 struct GemmPlan;  // descriptors, layouts and the chosen algorithm (cuda_gemm.cpp)
 struct GemmPlanDeleter {
@@ -33,9 +41,6 @@ struct GemmPlanDeleter {
 
 // Every field of a convolution that changes the cuDNN descriptors or the algorithm choice.
 using ConvKey = std::array<std::int64_t, 18>;
-struct ConvKeyHash {
-  std::size_t operator()(const ConvKey& k) const noexcept;
-};
 struct ConvPlan;  // cuDNN descriptors and the algorithm of each direction (cuda_conv.cpp)
 struct ConvPlanDeleter {
   void operator()(ConvPlan* plan) const noexcept;
@@ -205,11 +210,11 @@ class CudaBackend final : public Backend {
   bool capturing_ = false;
   std::unordered_map<std::string, cudaGraphExec_t> graphs_;
 
-  std::unordered_map<GemmKey, std::unique_ptr<GemmPlan, GemmPlanDeleter>, GemmKeyHash> gemm_plans_;
+  std::unordered_map<GemmKey, std::unique_ptr<GemmPlan, GemmPlanDeleter>, PlanKeyHash> gemm_plans_;
 
   // cuDNN, created on the first convolution.
   cudnnContext* dnn_ = nullptr;
-  std::unordered_map<ConvKey, std::unique_ptr<ConvPlan, ConvPlanDeleter>, ConvKeyHash> conv_plans_;
+  std::unordered_map<ConvKey, std::unique_ptr<ConvPlan, ConvPlanDeleter>, PlanKeyHash> conv_plans_;
   void* conv_workspace_ = nullptr;
   std::size_t conv_workspace_bytes_ = 0;
 };

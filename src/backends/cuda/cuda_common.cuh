@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "mixtrain/dtype.hpp"
 #include "mixtrain/error.hpp"
@@ -65,6 +66,17 @@ __device__ __forceinline__ void store_pack(T* p, const float (&in)[N]) {
 #pragma unroll
   for (int j = 0; j < N; ++j) pk.v[j] = Dev<T>::store(in[j]);
   *reinterpret_cast<Pack<T, N>*>(p) = pk;
+}
+
+// Calls f(std::integral_constant<int, V>{}): V = the elements of T in 16 bytes when `vector`,
+// else 1.
+template <typename T, typename F>
+void with_pack(bool vector, F&& f) {
+  if (vector) {
+    f(std::integral_constant<int, static_cast<int>(16 / sizeof(T))>{});
+  } else {
+    f(std::integral_constant<int, 1>{});
+  }
 }
 
 inline bool aligned_to(const void* p, std::size_t bytes) {

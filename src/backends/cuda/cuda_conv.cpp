@@ -65,14 +65,6 @@ void ConvPlanDeleter::operator()(ConvPlan* plan) const noexcept {
   delete plan;
 }
 
-std::size_t ConvKeyHash::operator()(const ConvKey& k) const noexcept {
-  std::uint64_t h = 0xcbf29ce484222325ull;
-  for (std::int64_t v : k) {
-    h ^= static_cast<std::uint64_t>(v) + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
-  }
-  return static_cast<std::size_t>(h);
-}
-
 namespace {
 
 constexpr std::size_t kAlign = 256;

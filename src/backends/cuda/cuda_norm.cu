@@ -614,17 +614,6 @@ int resident_blocks(K kernel) {
   return std::max(blocks, 1);
 }
 
-// Calls f(std::integral_constant<int, V>{}): V = the elements of T in 16 bytes when `vector`,
-// else 1.
-template <typename T, typename F>
-void with_pack(bool vector, F&& f) {
-  if (vector) {
-    f(std::integral_constant<int, static_cast<int>(16 / sizeof(T))>{});
-  } else {
-    f(std::integral_constant<int, 1>{});
-  }
-}
-
 void require_f32(CBuf b, const char* op, const char* what) {
   if (!b) throw Error(std::string("internal: ") + op + " needs " + what);
   if (b.dtype != DType::F32) {

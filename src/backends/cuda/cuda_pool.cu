@@ -356,17 +356,6 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- host side ----------------------------------------------------------------------------------
 
-// Calls f(std::integral_constant<int, V>{}): V = the elements of T in 16 bytes when `vector`,
-// else 1.
-template <typename T, typename F>
-void with_pack(bool vector, F&& f) {
-  if (vector) {
-    f(std::integral_constant<int, static_cast<int>(16 / sizeof(T))>{});
-  } else {
-    f(std::integral_constant<int, 1>{});
-  }
-}
-
 // Calls f(D{}): D = FastDiv when every flat index of the launch is below 2^31, else SlowDiv.
 template <typename F>
 void with_div(std::int64_t items, F&& f) {
