@@ -122,6 +122,7 @@ Normalizer Normalizer::fit(const Dataset& data, bool per_feature) {
   const std::size_t n = data.size();
   if (n == 0) throw DataError("normalizer: cannot fit on an empty dataset");
   const std::size_t fs = data.feature_size();
+  if (fs == 0) throw DataError("normalizer: samples have no features");
   const std::size_t groups = per_feature ? fs : 1;
   std::vector<double> sum(groups, 0.0);
   std::vector<double> sum_sq(groups, 0.0);
@@ -160,6 +161,7 @@ void Normalizer::apply(Dataset& data) const {
         fmt::format("normalizer: fitted on {} features, applied to {} features", mean.size(), fs));
   }
   const bool per_feature = mean.size() != 1;
+  if (per_feature && fs == 0) return;  // no features: nothing to scale
   for (std::size_t i = 0; i < data.features.size(); ++i) {
     const std::size_t g = per_feature ? i % fs : 0;
     data.features[i] = (data.features[i] - mean[g]) / stddev[g];

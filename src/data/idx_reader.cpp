@@ -170,8 +170,8 @@ std::vector<float> scale_pixels(const unsigned char* pixels, std::size_t n) {
 
 // Fashion-MNIST file `stem` in `dir`, preferring the .gz form.
 fs::path find_fashion_file(const fs::path& dir, const std::string& stem) {
-  const fs::path gz = dir / (stem + ".gz");
-  const fs::path raw = dir / stem;
+  fs::path gz = dir / (stem + ".gz");  // not const: returned by move
+  fs::path raw = dir / stem;
   std::error_code ec;
   if (fs::exists(gz, ec)) return gz;
   if (fs::exists(raw, ec)) return raw;

@@ -157,6 +157,7 @@ ModelSpec preset_model(const std::string& name, std::int64_t batch) {
 
 std::vector<std::string> preset_names() {
   std::vector<std::string> names;
+  names.reserve(kPresets.size());
   for (const Preset& p : kPresets) names.emplace_back(p.name);
   return names;
 }

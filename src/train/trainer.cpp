@@ -90,7 +90,7 @@ void init_params(const graph::Graph& g, const Plan& plan, std::uint64_t seed,
 
 }  // namespace
 
-Trainer::Impl::Impl(const Model& m, TrainerConfig c) : model(m), config(std::move(c)) {
+Trainer::Impl::Impl(const Model& m, TrainerConfig c) : model(m), config(c) {
   config.validate();
   precision = config.effective_precision();
   policy = PrecisionPolicy::for_precision(precision);
@@ -422,7 +422,7 @@ void Trainer::Impl::check_divergence() const {
 }
 
 Trainer::Trainer(const Model& model, TrainerConfig config)
-    : impl_(std::make_unique<Impl>(model, std::move(config))) {}
+    : impl_(std::make_unique<Impl>(model, config)) {}
 
 Trainer::~Trainer() = default;
 

@@ -85,6 +85,7 @@ Timing time_gemm_baseline(const std::vector<DenseShape>& layers, std::int64_t ba
     return v;
   };
   std::vector<Buffers> bufs;
+  bufs.reserve(layers.size());
   for (const DenseShape& l : layers) {
     bufs.push_back({filled(batch * l.in), filled(l.out * l.in), filled(batch * l.out),
                     filled(l.out * l.in), filled(batch * l.in)});

@@ -252,6 +252,7 @@ int run_bench(const BenchOptions& o) {
   }
 
   std::vector<std::vector<std::string>> table;
+  table.reserve(rows.size());
   for (const Row& r : rows) {
     table.push_back({r.workload, r.precision, fmt::format("{}", r.batch),
                      fmt::format("{:.3f}", r.steady.step_ms),

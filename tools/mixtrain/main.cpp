@@ -7,7 +7,9 @@
 #include "common.hpp"
 #include "mixtrain/error.hpp"
 
-int main(int argc, char** argv) {
+namespace {
+
+int run(int argc, char** argv) {
   using namespace mixtrain::cli;
   CLI::App app(
       "mixtrain: mixed-precision (FP16/BF16) neural-network training.\n"
@@ -60,4 +62,19 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: internal: %s\n", e.what());
     return 1;
   }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // run() reports every error of a command itself; this catches what escapes while the command
+  // line is being set up (an allocation failure, say).
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: internal: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "error: internal: unknown exception\n");
+  }
+  return 1;
 }
