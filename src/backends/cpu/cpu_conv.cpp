@@ -17,6 +17,7 @@
 #include <new>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "backends/cpu/cpu_backend.hpp"
@@ -152,16 +153,31 @@ void col2im(const ConvDesc& d, const Geometry& ge, const A* dcol, std::int64_t n
   }
 }
 
-// The weights (or any small tensor) as A: the buffer itself when T is A, else widened.
+// rows x cols values of T as A: the buffer itself when T is A, else widened row by row (in
+// parallel) into `scratch` (unused, and may be null, when T is A).
 template <typename T, typename A>
-const A* as_acc(const T* src, std::int64_t n, void* scratch) {
+const A* as_acc(const T* src, std::int64_t rows, std::int64_t cols, void* scratch) {
   if constexpr (std::is_same_v<T, A>) {
     return src;
   } else {
     A* dst = static_cast<A*>(scratch);
-    widen(src, dst, n);
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
+    for (std::int64_t r = 0; r < rows; ++r) widen(src + r * cols, dst + r * cols, cols);
     return dst;
   }
+}
+
+// The column matrix of group g over images [n0, n0 + nb) and its row stride: for a 1x1 stride-1
+// convolution the input itself (`input`, already as A: every group reads its channel slice),
+// else im2col into `scratch`.
+template <typename T, typename A>
+std::pair<const A*, std::int64_t> group_columns(const ConvDesc& d, const Geometry& ge, const T* x,
+                                                const A* input, std::int64_t n0, std::int64_t nb,
+                                                std::int64_t g, void* scratch) {
+  if (ge.identity) return {input + g * ge.cg, d.C};
+  A* buf = static_cast<A*>(scratch);
+  im2col(d, ge, x, n0, nb, g, buf);
+  return {buf, ge.kc};
 }
 
 }  // namespace
@@ -195,7 +211,7 @@ void CpuBackend::conv2d_forward(const ConvDesc& d, CBuf x, CBuf w, CBuf bias, Bu
     const T* px = as<T>(x.ptr);
     T* py = as<T>(y.ptr);
     const A* pw = as_acc<T, A>(
-        as<T>(w.ptr), d.K * ge.kc,
+        as<T>(w.ptr), d.K, ge.kc,
         direct ? nullptr : conv_scratch(3, static_cast<std::size_t>(d.K * ge.kc) * sizeof(A)));
     std::vector<A> b;
     if (bias) {
@@ -221,31 +237,16 @@ void CpuBackend::conv2d_forward(const ConvDesc& d, CBuf x, CBuf w, CBuf bias, Bu
       } else {
         out = static_cast<A*>(conv_scratch(1, static_cast<std::size_t>(rows * d.K) * sizeof(A)));
       }
-      const A* col = nullptr;
-      std::int64_t ld = ge.kc;
-      if (ge.identity) {
-        ld = d.C;
-        if constexpr (direct) {
-          col = px + n0 * ge.hw * d.C;
-        } else {
-          A* wide =
-              static_cast<A*>(conv_scratch(0, static_cast<std::size_t>(rows * d.C) * sizeof(A)));
-          const T* src = px + n0 * ge.hw * d.C;
-#pragma omp parallel for schedule(static) if (rows * d.C >= kParallelMin)
-          for (std::int64_t r = 0; r < rows; ++r) widen(src + r * d.C, wide + r * d.C, d.C);
-          col = wide;
-        }
-      }
+      // Slot 0: a group's column matrix, or the widened input of a 1x1 convolution (none when
+      // the input already is A).
+      void* cols =
+          ge.identity && direct
+              ? nullptr
+              : conv_scratch(
+                    0, static_cast<std::size_t>(rows * (ge.identity ? d.C : ge.kc)) * sizeof(A));
+      const A* input = ge.identity ? as_acc<T, A>(px + n0 * ge.hw * d.C, rows, d.C, cols) : nullptr;
       for (std::int64_t g = 0; g < d.groups; ++g) {
-        const A* cg = nullptr;
-        if (ge.identity) {
-          cg = col + g * ge.cg;
-        } else {
-          A* buf =
-              static_cast<A*>(conv_scratch(0, static_cast<std::size_t>(rows * ge.kc) * sizeof(A)));
-          im2col(d, ge, px, n0, nb, g, buf);
-          cg = buf;
-        }
+        const auto [cg, ld] = group_columns(d, ge, px, input, n0, nb, g, cols);
         blas_gemm<A>(false, true, rows, ge.kg, ge.kc, cg, ld, pw + g * ge.kg * ge.kc, ge.kc, A(0),
                      out + g * ge.kg, d.K);
       }
@@ -277,7 +278,7 @@ void CpuBackend::conv2d_backward_data(const ConvDesc& d, CBuf dy, CBuf w, Buf dx
     const T* pdy = as<T>(dy.ptr);
     T* pdx = as<T>(dx.ptr);
     const A* pw = as_acc<T, A>(
-        as<T>(w.ptr), d.K * ge.kc,
+        as<T>(w.ptr), d.K, ge.kc,
         direct ? nullptr : conv_scratch(3, static_cast<std::size_t>(d.K * ge.kc) * sizeof(A)));
     // Written straight into dx when it has the arithmetic type and is overwritten.
     const bool into_dx = direct && !accumulate;
@@ -289,17 +290,9 @@ void CpuBackend::conv2d_backward_data(const ConvDesc& d, CBuf dy, CBuf w, Buf dx
       const std::int64_t nb = std::min(chunk, d.N - n0);
       const std::int64_t rows = nb * ge.pq;
       const std::int64_t in_count = nb * ge.hw * d.C;
-      const A* g_out = nullptr;  // dy of the chunk as A, [rows, K]
-      if constexpr (direct) {
-        g_out = pdy + n0 * ge.pq * d.K;
-      } else {
-        A* wide =
-            static_cast<A*>(conv_scratch(1, static_cast<std::size_t>(rows * d.K) * sizeof(A)));
-        const T* src = pdy + n0 * ge.pq * d.K;
-#pragma omp parallel for schedule(static) if (rows * d.K >= kParallelMin)
-        for (std::int64_t r = 0; r < rows; ++r) widen(src + r * d.K, wide + r * d.K, d.K);
-        g_out = wide;
-      }
+      const A* g_out = as_acc<T, A>(  // dy of the chunk as A, [rows, K]
+          pdy + n0 * ge.pq * d.K, rows, d.K,
+          direct ? nullptr : conv_scratch(1, static_cast<std::size_t>(rows * d.K) * sizeof(A)));
       A* acc = nullptr;  // dx of the chunk as A, [nb, H, W, C]
       if constexpr (direct) {
         if (into_dx) acc = pdx + n0 * ge.hw * d.C;
@@ -348,42 +341,18 @@ void CpuBackend::conv2d_backward_filter(const ConvDesc& d, CBuf x, CBuf dy, Buf 
       const std::int64_t nb = std::min(chunk, d.N - n0);
       const std::int64_t rows = nb * ge.pq;
       const A beta = n0 == 0 ? A(0) : A(1);
-      const A* g_out = nullptr;
-      if constexpr (direct) {
-        g_out = pdy + n0 * ge.pq * d.K;
-      } else {
-        A* wide =
-            static_cast<A*>(conv_scratch(1, static_cast<std::size_t>(rows * d.K) * sizeof(A)));
-        const T* src = pdy + n0 * ge.pq * d.K;
-#pragma omp parallel for schedule(static) if (rows * d.K >= kParallelMin)
-        for (std::int64_t r = 0; r < rows; ++r) widen(src + r * d.K, wide + r * d.K, d.K);
-        g_out = wide;
-      }
-      const A* col = nullptr;
-      std::int64_t ld = ge.kc;
-      if (ge.identity) {
-        ld = d.C;
-        if constexpr (direct) {
-          col = px + n0 * ge.hw * d.C;
-        } else {
-          A* wide =
-              static_cast<A*>(conv_scratch(0, static_cast<std::size_t>(rows * d.C) * sizeof(A)));
-          const T* src = px + n0 * ge.hw * d.C;
-#pragma omp parallel for schedule(static) if (rows * d.C >= kParallelMin)
-          for (std::int64_t r = 0; r < rows; ++r) widen(src + r * d.C, wide + r * d.C, d.C);
-          col = wide;
-        }
-      }
+      const A* g_out = as_acc<T, A>(
+          pdy + n0 * ge.pq * d.K, rows, d.K,
+          direct ? nullptr : conv_scratch(1, static_cast<std::size_t>(rows * d.K) * sizeof(A)));
+      // Slot 0, as in the forward pass.
+      void* cols =
+          ge.identity && direct
+              ? nullptr
+              : conv_scratch(
+                    0, static_cast<std::size_t>(rows * (ge.identity ? d.C : ge.kc)) * sizeof(A));
+      const A* input = ge.identity ? as_acc<T, A>(px + n0 * ge.hw * d.C, rows, d.C, cols) : nullptr;
       for (std::int64_t g = 0; g < d.groups; ++g) {
-        const A* cg = nullptr;
-        if (ge.identity) {
-          cg = col + g * ge.cg;
-        } else {
-          A* buf =
-              static_cast<A*>(conv_scratch(0, static_cast<std::size_t>(rows * ge.kc) * sizeof(A)));
-          im2col(d, ge, px, n0, nb, g, buf);
-          cg = buf;
-        }
+        const auto [cg, ld] = group_columns(d, ge, px, input, n0, nb, g, cols);
         blas_gemm<A>(true, false, ge.kg, ge.kc, rows, g_out + g * ge.kg, d.K, cg, ld, beta,
                      pdw + g * ge.kg * ge.kc, ge.kc);
       }
