@@ -88,6 +88,22 @@ void for_rows(std::int64_t rows, std::int64_t channels, F&& f) {
   }
 }
 
+// y = (x - m) * scale + b per channel (then ReLU when fused), the training and the inference
+// forward alike.
+template <typename T, typename A>
+void normalize_rows(const T* x, T* y, const std::vector<A>& m, const std::vector<A>& scale,
+                    const std::vector<A>& b, std::int64_t rows, std::int64_t channels, bool relu) {
+  for_rows<A>(rows, channels, [&](std::int64_t r, A* tmp) {
+    row_in(x + r * channels, tmp, channels);
+    for (std::int64_t c = 0; c < channels; ++c) {
+      const auto k = static_cast<std::size_t>(c);
+      tmp[c] = (tmp[c] - m[k]) * scale[k] + b[k];
+    }
+    if (relu) relu_row(tmp, channels);
+    row_out(tmp, y + r * channels, channels);
+  });
+}
+
 void require_same(DType a, DType b, const char* op) {
   if (a != b) {
     throw Error(std::string("internal: ") + op + " needs matching dtypes, got " +
@@ -130,15 +146,7 @@ void CpuBackend::batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf 
     const std::vector<A> g = read_channels<A>(gamma, channels);
     const std::vector<A> b = read_channels<A>(beta, channels);
     for (std::size_t c = 0; c < scale.size(); ++c) scale[c] *= g[c];
-    for_rows<A>(rows, channels, [&](std::int64_t r, A* tmp) {
-      row_in(px + r * channels, tmp, channels);
-      for (std::int64_t c = 0; c < channels; ++c) {
-        const auto k = static_cast<std::size_t>(c);
-        tmp[c] = (tmp[c] - m[k]) * scale[k] + b[k];
-      }
-      if (relu) relu_row(tmp, channels);
-      row_out(tmp, py + r * channels, channels);
-    });
+    normalize_rows(px, py, m, scale, b, rows, channels, relu);
   });
 }
 
@@ -159,15 +167,7 @@ void CpuBackend::batch_norm_forward_inference(CBuf x, CBuf gamma, CBuf beta, CBu
     for (std::size_t c = 0; c < scale.size(); ++c) {
       scale[c] = g[c] / std::sqrt(v[c] + static_cast<A>(eps));
     }
-    for_rows<A>(rows, channels, [&](std::int64_t r, A* tmp) {
-      row_in(px + r * channels, tmp, channels);
-      for (std::int64_t c = 0; c < channels; ++c) {
-        const auto k = static_cast<std::size_t>(c);
-        tmp[c] = (tmp[c] - m[k]) * scale[k] + b[k];
-      }
-      if (relu) relu_row(tmp, channels);
-      row_out(tmp, py + r * channels, channels);
-    });
+    normalize_rows(px, py, m, scale, b, rows, channels, relu);
   });
 }
 
