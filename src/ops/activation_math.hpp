@@ -52,9 +52,6 @@ template <typename R>
 MIXTRAIN_HD R sigmoid_(R x) {
   return R(1) / (R(1) + math_exp(-x));
 }
-MIXTRAIN_HD float sigmoidf_(float x) {
-  return sigmoid_(x);
-}
 
 template <typename R>
 MIXTRAIN_HD R activation_value(Activation act, float alpha, R x) {

@@ -363,7 +363,7 @@ void CpuBackend::conv2d_backward_filter(const ConvDesc& d, CBuf x, CBuf dy, Buf 
       // the GPU would see.
       const std::int64_t count = d.K * ge.kc;
 #pragma omp parallel for schedule(static) if (count >= kParallelMin)
-      for (std::int64_t i = 0; i < count; ++i) pdw[i] = load(store<T>(pdw[i]));
+      for (std::int64_t i = 0; i < count; ++i) pdw[i] = round_to<T>(pdw[i]);
     }
   });
   if (db) bias_grad(dy, db, d.N * d.P * d.Q, d.K, false);

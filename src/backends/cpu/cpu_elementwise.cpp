@@ -27,6 +27,31 @@ void keep_mask(std::uint64_t key, std::uint32_t threshold, std::int64_t begin, s
   }
 }
 
+// out (+)= in * keep / (1 - rate) where the mask of `key` keeps the element, else 0: the forward
+// pass (in = x, overwrite) and the backward pass (in = dy) are the same map.
+void dropout_apply(float rate, std::uint64_t key, CBuf in, Buf out, std::int64_t n,
+                   bool accumulate) {
+  dispatch_float(out.dtype, [&](auto t) {
+    using T = decltype(t);
+    using A = acc_t<T>;
+    const A keep_scale = A(1) / (A(1) - A(rate));
+    const T* pin = as<T>(in.ptr);
+    T* pout = as<T>(out.ptr);
+    const std::uint32_t threshold = counter_threshold(rate);
+    const std::int64_t blocks = (n + kDropoutBlock - 1) / kDropoutBlock;
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      std::uint32_t keep[kDropoutBlock];
+      const std::int64_t begin = b * kDropoutBlock, count = std::min(kDropoutBlock, n - begin);
+      keep_mask(key, threshold, begin, count, keep);
+      for (std::int64_t j = 0; j < count; ++j) {
+        const A kept = load(pin[begin + j]) * keep_scale;
+        write(pout, begin + j, keep[j] != 0 ? kept : A(0), accumulate);
+      }
+    }
+  });
+}
+
 // ReLU's backward over [begin, end), apart from the generic loop (whose per-element switch over
 // the activation keeps it scalar) so that it vectorises: activation_derivative's ReLU case.
 template <typename T>
@@ -43,13 +68,6 @@ void relu_backward_range(const T* x, const T* dy, T* dx, std::int64_t begin, std
       const A d = load(x[i]) > A(0) ? A(1) : A(0);
       dx[i] = store<T>(load(dy[i]) * d);
     }
-  }
-}
-
-void require_same(DType a, DType b, const char* op) {
-  if (a != b) {
-    throw Error(std::string("internal: ") + op + " needs matching dtypes, got " +
-                std::string(dtype_name(a)) + " and " + std::string(dtype_name(b)));
   }
 }
 
@@ -135,51 +153,13 @@ void CpuBackend::activation_backward(Activation act, float alpha, CBuf x, CBuf y
 void CpuBackend::dropout_forward(float rate, std::uint64_t salt, CBuf x, Buf y, std::int64_t n,
                                  const StepControl* control) {
   require_same(x.dtype, y.dtype, "dropout_forward");
-  const std::uint64_t key = counter_key(control->seed, control->iteration, salt);
-  dispatch_float(y.dtype, [&](auto t) {
-    using T = decltype(t);
-    using A = acc_t<T>;
-    const A keep_scale = A(1) / (A(1) - A(rate));
-    const T* px = as<T>(x.ptr);
-    T* py = as<T>(y.ptr);
-    const std::uint32_t threshold = counter_threshold(rate);
-    const std::int64_t blocks = (n + kDropoutBlock - 1) / kDropoutBlock;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-    for (std::int64_t b = 0; b < blocks; ++b) {
-      std::uint32_t keep[kDropoutBlock];
-      const std::int64_t begin = b * kDropoutBlock, count = std::min(kDropoutBlock, n - begin);
-      keep_mask(key, threshold, begin, count, keep);
-      for (std::int64_t j = 0; j < count; ++j) {
-        const A kept = load(px[begin + j]) * keep_scale;
-        py[begin + j] = store<T>(keep[j] != 0 ? kept : A(0));
-      }
-    }
-  });
+  dropout_apply(rate, counter_key(control->seed, control->iteration, salt), x, y, n, false);
 }
 
 void CpuBackend::dropout_backward(float rate, std::uint64_t salt, CBuf dy, Buf dx, std::int64_t n,
                                   const StepControl* control, bool accumulate) {
   require_same(dy.dtype, dx.dtype, "dropout_backward");
-  const std::uint64_t key = counter_key(control->seed, control->iteration, salt);
-  dispatch_float(dx.dtype, [&](auto t) {
-    using T = decltype(t);
-    using A = acc_t<T>;
-    const A keep_scale = A(1) / (A(1) - A(rate));
-    const T* pdy = as<T>(dy.ptr);
-    T* pdx = as<T>(dx.ptr);
-    const std::uint32_t threshold = counter_threshold(rate);
-    const std::int64_t blocks = (n + kDropoutBlock - 1) / kDropoutBlock;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-    for (std::int64_t b = 0; b < blocks; ++b) {
-      std::uint32_t keep[kDropoutBlock];
-      const std::int64_t begin = b * kDropoutBlock, count = std::min(kDropoutBlock, n - begin);
-      keep_mask(key, threshold, begin, count, keep);
-      for (std::int64_t j = 0; j < count; ++j) {
-        const A kept = load(pdy[begin + j]) * keep_scale;
-        write(pdx, begin + j, keep[j] != 0 ? kept : A(0), accumulate);
-      }
-    }
-  });
+  dropout_apply(rate, counter_key(control->seed, control->iteration, salt), dy, dx, n, accumulate);
 }
 
 void CpuBackend::softmax_forward(CBuf x, Buf y, std::int64_t rows, std::int64_t cols) {

@@ -104,13 +104,6 @@ void normalize_rows(const T* x, T* y, const std::vector<A>& m, const std::vector
   });
 }
 
-void require_same(DType a, DType b, const char* op) {
-  if (a != b) {
-    throw Error(std::string("internal: ") + op + " needs matching dtypes, got " +
-                std::string(dtype_name(a)) + " and " + std::string(dtype_name(b)));
-  }
-}
-
 }  // namespace
 
 void CpuBackend::batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf y, Buf batch_mean,

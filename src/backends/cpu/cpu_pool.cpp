@@ -17,13 +17,6 @@ namespace mixtrain::cpu {
 
 namespace {
 
-void require_same(DType a, DType b, const char* op) {
-  if (a != b) {
-    throw Error(std::string("internal: ") + op + " needs matching dtypes, got " +
-                std::string(dtype_name(a)) + " and " + std::string(dtype_name(b)));
-  }
-}
-
 // The input rows [h0, h1) and columns [w0, w1) under output (p, q).
 struct Window {
   std::int64_t h0, h1, w0, w1;
