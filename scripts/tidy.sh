@@ -11,5 +11,6 @@ root=$(pwd)
 files=$(grep -o '"file": "[^"]*"' "$db" | sed 's/"file": "//; s/"$//' |
   grep -E "^$root/(src|tools)/.*\.cpp$" | sort -u)
 # clang-tidy counts the diagnostics it suppressed in system headers on stderr: drop those lines.
+[ -n "$files" ] || { echo "tidy: no src/ or tools/ sources in $db" >&2; exit 2; }
 echo "$files" | xargs -P "$(nproc)" -n 4 clang-tidy -p "$build" --quiet --warnings-as-errors='*' \
   2> >(grep -v 'warnings generated\.$' >&2)

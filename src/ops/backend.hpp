@@ -89,7 +89,7 @@ struct OptimizerDesc {
   OptimizerHyper hyper;
   std::int64_t count = 0;
   float* master = nullptr;                // fp32 master weights [count]
-  const float* grad = nullptr;            // fp32 unscaled gradients [count]
+  const float* grad = nullptr;            // fp32 gradients, still scaled [count]
   float* state[kMaxOptimizerSlots] = {};  // fp32 optimizer state arrays [count] each
   Buf working;                 // optional FP16/BF16 working copy [count], written in the pass
   float max_grad_norm = 0.0f;  // > 0: clip to this global norm (from control->grad_norm_sq)

@@ -16,7 +16,8 @@
 // squares), the block combines its row phases in double in a fixed tree and writes one double
 // partial per channel for its chunk of rows into the backend's scratch; the last block of each
 // grid column to finish (a completion counter per column) combines the partials in chunk order,
-// in double, and writes the result. The order depends on the shape only: every run gives the
+// in double, and writes the result. The order depends on the shape and the device (the chunk
+// count follows the SM count, occupancy and scratch size): every run on one GPU model gives the
 // same bits. With a single chunk the blocks write the result directly (no scratch). The element-
 // wise pass (y, or dx) is a second launch that reads the statistics as stored in F32, like the CPU.
 #include <algorithm>

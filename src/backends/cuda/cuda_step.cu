@@ -1,8 +1,10 @@
-// The end of a step on the device: the fused unscale + finite check + squared norm (two stages,
-// fixed summation order), the optimizer pass (reads found_inf and the norm from the control
-// block, updates master weights and state and writes the working copy in one pass), and the
-// one-thread scaler update. The update rules are the shared ones of train/optimizer_math.hpp and
-// train/scaler_math.hpp, so the arithmetic is that of the CPU backend.
+// The end of a step on the device: the read-only gradient check (finite check and squared norm
+// of the unscaled values; one launch whose last block combines the partials in a fixed order),
+// the optimizer pass (reads found_inf and the norm from the control block, unscales as it reads,
+// updates master weights and state and writes the working copy in one pass), and the scaler
+// update (in the optimizer's last block, or one thread alone). The update rules are the shared
+// ones of train/optimizer_math.hpp and train/scaler_math.hpp, so the arithmetic is that of the
+// CPU backend.
 #include <algorithm>
 #include <cstdint>
 #include <string>
