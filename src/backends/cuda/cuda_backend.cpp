@@ -7,6 +7,7 @@
 #include <string>
 
 #include "backends/cuda/cuda_check.hpp"
+#include "backends/cuda/cudnn_check.hpp"
 #include "mixtrain/error.hpp"
 
 namespace mixtrain {
@@ -35,6 +36,10 @@ std::string where(const char* call, const char* file, int line) {
 void throw_cuda_error(cudaError_t error, const char* call, const char* file, int line) {
   throw DeviceError("CUDA error: " + where(call, file, line) + ": " + cudaGetErrorName(error) +
                     " (" + cudaGetErrorString(error) + ")");
+}
+
+void throw_cudnn_error(cudnnStatus_t status, const char* call, const char* file, int line) {
+  throw DeviceError("cuDNN error: " + where(call, file, line) + ": " + cudnnGetErrorString(status));
 }
 
 void throw_cublas_error(cublasStatus_t status, const char* call, const char* file, int line) {
@@ -80,8 +85,7 @@ CudaBackend::~CudaBackend() {
 // releasing. Safe on a partly constructed backend.
 void CudaBackend::release() noexcept {
   if (stream_ != nullptr) (void)cudaStreamSynchronize(stream_);
-  for (auto& [key, exec] : graphs_) (void)cudaGraphExecDestroy(exec);
-  graphs_.clear();
+  (void)drop_graphs();
   gemm_plans_.clear();
   release_conv();
   for (const PendingCopy& p : pending_) (void)cudaEventDestroy(p.done);
@@ -286,10 +290,14 @@ void CudaBackend::run_step(const std::string& key, const std::function<void()>& 
 
 void CudaBackend::reset_steps() {
   require_outside_step("reset_steps");
-  const cudaError_t err = cudaStreamSynchronize(stream_);
+  MIXTRAIN_CUDA_CHECK(drop_graphs());
+}
+
+cudaError_t CudaBackend::drop_graphs() noexcept {
+  const cudaError_t err = stream_ != nullptr ? cudaStreamSynchronize(stream_) : cudaSuccess;
   for (auto& [key, exec] : graphs_) (void)cudaGraphExecDestroy(exec);
   graphs_.clear();
-  MIXTRAIN_CUDA_CHECK(err);
+  return err;
 }
 
 }  // namespace cuda

@@ -135,6 +135,9 @@ class CudaBackend final : public Backend {
   bool planning() const { return planning_; }
   void release() noexcept;
   void release_conv() noexcept;  // cuDNN plans, workspace and handle (cuda_conv.cpp)
+  // Synchronises the stream and destroys every cached graph (their buffers are about to change);
+  // returns the synchronisation's status.
+  cudaError_t drop_graphs() noexcept;
   // Throws DeviceError when called while a step is being planned or captured (host transfers
   // and synchronisation cannot be part of a graph).
   void require_outside_step(const char* what) const;

@@ -24,14 +24,6 @@
 
 namespace mixtrain::cuda {
 
-void throw_cudnn_error(cudnnStatus_t status, const char* call, const char* file, int line) {
-  std::string where = file;
-  const auto src = where.find("src/");
-  if (src != std::string::npos) where = where.substr(src);
-  throw DeviceError(std::string("cuDNN error: ") + call + " at " + where + ":" +
-                    std::to_string(line) + ": " + cudnnGetErrorString(status));
-}
-
 // An algorithm of one direction and what it needs.
 struct ConvAlgo {
   bool ready = false;
@@ -168,6 +160,20 @@ ConvAlgo pick(const Perf* perf, int returned, const ConvPlan& p, std::size_t wor
                     describe(d) + (p.strict_fp32 ? " in strict fp32" : ""));
 }
 
+// Times cuDNN's candidates of one direction: `find(out, &returned, perf, workspace, bytes)` runs
+// its cudnnFind*AlgorithmEx on a scratch output of out_bytes and a scratch workspace of what the
+// device can spare; pick() chooses among the results.
+template <typename Perf, int kCount, typename Find>
+ConvAlgo search(const ConvPlan& p, std::size_t out_bytes, const char* direction, const ConvDesc& d,
+                Find&& find) {
+  const std::size_t limit = search_workspace();
+  Scratch out(out_bytes), workspace(limit);
+  Perf perf[kCount];
+  int returned = 0;
+  find(out.get(), &returned, perf, workspace.get(), limit);
+  return pick(perf, returned, p, limit, direction, d);
+}
+
 enum Direction : int { kForward, kBackwardData, kBackwardFilter };
 
 // The process-wide record of chosen algorithms, so that backends of one process (a graph run and
@@ -215,9 +221,7 @@ void CudaBackend::reserve_conv_workspace(std::size_t bytes) {
   if (bytes <= conv_workspace_bytes_) return;
   if (capturing_) throw DeviceError("internal: conv2d workspace grows inside a captured step");
   // Captured steps hold the old address: drop them (they are captured again on their next run).
-  MIXTRAIN_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  for (auto& [key, exec] : graphs_) (void)cudaGraphExecDestroy(exec);
-  graphs_.clear();
+  MIXTRAIN_CUDA_CHECK(drop_graphs());
   free(conv_workspace_);
   conv_workspace_ = nullptr;
   conv_workspace_bytes_ = 0;
@@ -313,14 +317,13 @@ void CudaBackend::conv2d_forward(const ConvDesc& d, CBuf x, CBuf w, CBuf bias, B
   require_same(x.dtype, y.dtype, "conv2d");
   ConvPlan& p = conv_plan(d, x.dtype);
   choose(p.forward, device_, kForward, p.key, capturing_, [&] {
-    const std::size_t limit = search_workspace();
-    Scratch out(p.y_bytes), workspace(limit);
-    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    int returned = 0;
-    MIXTRAIN_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
-        dnn_, p.x, x.ptr, p.w, w.ptr, p.conv, p.y, out.get(), CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
-        &returned, perf, workspace.get(), limit));
-    return pick(perf, returned, p, limit, "forward", d);
+    return search<cudnnConvolutionFwdAlgoPerf_t, CUDNN_CONVOLUTION_FWD_ALGO_COUNT>(
+        p, p.y_bytes, "forward", d,
+        [&](void* out, int* returned, auto* perf, void* ws, auto ws_bytes) {
+          MIXTRAIN_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
+              dnn_, p.x, x.ptr, p.w, w.ptr, p.conv, p.y, out, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
+              returned, perf, ws, ws_bytes));
+        });
   });
   reserve_conv_workspace(p.forward.workspace);
   if (planning()) return;
@@ -348,14 +351,13 @@ void CudaBackend::conv2d_backward_data(const ConvDesc& d, CBuf dy, CBuf w, Buf d
   require_same(dy.dtype, dx.dtype, "conv2d backward");
   ConvPlan& p = conv_plan(d, dy.dtype);
   choose(p.backward_data, device_, kBackwardData, p.key, capturing_, [&] {
-    const std::size_t limit = search_workspace();
-    Scratch out(p.x_bytes), workspace(limit);
-    cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-    int returned = 0;
-    MIXTRAIN_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
-        dnn_, p.w, w.ptr, p.y, dy.ptr, p.conv, p.x, out.get(),
-        CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, perf, workspace.get(), limit));
-    return pick(perf, returned, p, limit, "backward-data", d);
+    return search<cudnnConvolutionBwdDataAlgoPerf_t, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT>(
+        p, p.x_bytes, "backward-data", d,
+        [&](void* out, int* returned, auto* perf, void* ws, auto ws_bytes) {
+          MIXTRAIN_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
+              dnn_, p.w, w.ptr, p.y, dy.ptr, p.conv, p.x, out,
+              CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, returned, perf, ws, ws_bytes));
+        });
   });
   reserve_conv_workspace(p.backward_data.workspace);
   if (planning()) return;
@@ -375,14 +377,13 @@ void CudaBackend::conv2d_backward_filter(const ConvDesc& d, CBuf x, CBuf dy, Buf
   ConvPlan& p = conv_plan(d, x.dtype);
   const bool widen = x.dtype != DType::F32;  // cuDNN writes dw in the tensor dtype
   choose(p.backward_filter, device_, kBackwardFilter, p.key, capturing_, [&] {
-    const std::size_t limit = search_workspace();
-    Scratch out(p.w_bytes), workspace(limit);
-    cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-    int returned = 0;
-    MIXTRAIN_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
-        dnn_, p.x, x.ptr, p.y, dy.ptr, p.conv, p.w, out.get(),
-        CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned, perf, workspace.get(), limit));
-    return pick(perf, returned, p, limit, "backward-filter", d);
+    return search<cudnnConvolutionBwdFilterAlgoPerf_t, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT>(
+        p, p.w_bytes, "backward-filter", d,
+        [&](void* out, int* returned, auto* perf, void* ws, auto ws_bytes) {
+          MIXTRAIN_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
+              dnn_, p.x, x.ptr, p.y, dy.ptr, p.conv, p.w, out,
+              CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, returned, perf, ws, ws_bytes));
+        });
   });
   const std::size_t algo_bytes = round_up(p.backward_filter.workspace);
   reserve_conv_workspace(algo_bytes + (widen ? p.w_bytes : 0));
