@@ -76,22 +76,13 @@ EvalResult Trainer::evaluate(const Dataset& data) {
     shape.insert(shape.end(), g.sample_shape.begin(), g.sample_shape.end());
     m.check_batch(batch.features, shape);
     m.upload_inputs(batch.features, n);
-    const std::int64_t count = n * m.rows_per_sample;
-    if (m.uses_labels) {
-      if (batch.labels == nullptr)
-        throw DataError("the loss takes labels; the dataset has targets");
-      m.check_labels(batch.labels, {n}, n);
-      m.backend->upload(m.plan->labels, batch.labels,
-                        static_cast<std::size_t>(count) * sizeof(std::int32_t));
-    } else if (batch.targets != nullptr) {
-      m.check_targets(batch.targets, {n, static_cast<std::int64_t>(data.target_size)}, n);
-      m.backend->upload(m.plan->targets, batch.targets,
-                        static_cast<std::size_t>(n * m.loss_cols * m.rows_per_sample) * 4);
+    if (m.uses_labels && batch.labels == nullptr) {
+      throw DataError("the loss takes labels; the dataset has targets");
+    }
+    if (batch.targets != nullptr && !m.uses_labels) {
+      m.upload_targets(batch.targets, {n, static_cast<std::int64_t>(data.target_size)}, n);
     } else {
-      m.check_labels(batch.labels, {n}, n);
-      for (std::int64_t i = 0; i < count; ++i)
-        m.host_targets[i] = static_cast<float>(batch.labels[i]);
-      m.backend->upload(m.plan->targets, m.host_targets, static_cast<std::size_t>(count) * 4);
+      m.upload_labels(batch.labels, {n}, n);  // binary losses take 0/1 labels as targets
     }
     m.forward(n, false);
     m.run_loss(n, false, m.plan->eval_loss);

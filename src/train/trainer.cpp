@@ -450,9 +450,7 @@ void Trainer::Impl::upload_targets(const float* targets, const Shape& shape, std
         fmt::format("loss {} takes integer labels, not float targets", loss_name(config.loss)));
   }
   check_targets(targets, shape, n);
-  const std::int64_t count = numel(shape);
-  std::memcpy(host_targets, targets, static_cast<std::size_t>(count) * sizeof(float));
-  backend->upload(plan->targets, host_targets, static_cast<std::size_t>(count) * sizeof(float));
+  backend->upload(plan->targets, targets, static_cast<std::size_t>(numel(shape)) * sizeof(float));
 }
 
 DeviceBatch Trainer::Impl::store_batch(std::int64_t n) {

@@ -48,10 +48,9 @@ struct LoadedData {
 };
 
 void add_data_options(CLI::App& app, DataOptions& options);
-// Throws ConfigError (bad --dataset) or DataError/IoError (unreadable files).
-LoadedData load_data(const DataOptions& options);
-// The same for `model`: Fashion-MNIST samples are channels-last images [28, 28, 1] when the
-// model takes images ([batch, height, width, channels]), flat [784] otherwise.
+// Loads the data set for `model`: Fashion-MNIST samples are channels-last images [28, 28, 1]
+// when the model takes images ([batch, height, width, channels]), flat [784] otherwise. Throws
+// ConfigError (bad --dataset) or DataError/IoError (unreadable files).
 LoadedData load_data(const DataOptions& options, const ModelSpec& model);
 
 // --- models (model_arg.cpp) ----------------------------------------------------------------

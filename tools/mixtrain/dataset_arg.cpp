@@ -74,10 +74,6 @@ void add_data_options(CLI::App& app, DataOptions& o) {
                "CSV: standardise each feature with the training split's mean and deviation");
 }
 
-LoadedData load_data(const DataOptions& o) {
-  return load_data(o, ModelSpec{});
-}
-
 LoadedData load_data(const DataOptions& o, const ModelSpec& model) {
   if (o.dataset == "fashion-mnist") {
     const bool images = model.input_shape.size() == 4;
