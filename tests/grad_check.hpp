@@ -272,4 +272,168 @@ inline double check_layer(const std::string& type, const nlohmann::json& attrs,
   return worst;
 }
 
+// ---------------------------------------------------------------------------------------------
+// A compiled graph, forward and backward layer by layer as the trainer runs it (gradients of a
+// node read by several layers accumulate; layer buffers such as batch-norm's statistics), with a
+// loss on top; check_graph compares every parameter's and the input's gradient with finite
+// differences.
+
+class GraphRun {
+ public:
+  GraphRun(const Model& model, LossKind kind, std::uint64_t seed)
+      : g_(model.graph()), kind_(kind), draw_(seed) {
+    batch_ = g_.max_batch;
+    input = draw_.vec(static_cast<std::size_t>(batch_ * numel(g_.sample_shape)),
+                      [](Draw& d) { return d.uniform(-1.5, 1.5); });
+    for (const auto& node : g_.nodes) {
+      std::vector<Vec> ps, bs;
+      for (const ParamDecl& p : node.params) {
+        ps.push_back(draw_.vec(static_cast<std::size_t>(numel(p.shape)),
+                               [](Draw& d) { return d.uniform(-0.8, 0.8); }));
+      }
+      for (const BufferDecl& bd : node.buffers) {
+        bs.emplace_back(static_cast<std::size_t>(numel(bd.shape)),
+                        bd.persistent ? static_cast<double>(bd.init) : kPoison);
+      }
+      params.push_back(std::move(ps));
+      buffers_.push_back(std::move(bs));
+    }
+    const Shape& out = g_.nodes[static_cast<std::size_t>(g_.output)].shape;
+    cols_ = out.back();
+    rows_ = batch_ * numel(out) / cols_;
+    // Labels, and the same as one-hot targets for the losses that read targets.
+    targets.assign(static_cast<std::size_t>(rows_ * cols_), 0.0f);
+    for (std::int64_t r = 0; r < rows_; ++r) {
+      const auto label =
+          static_cast<std::int64_t>(draw_.bits() % static_cast<std::uint64_t>(cols_));
+      labels.push_back(static_cast<std::int32_t>(label));
+      targets[static_cast<std::size_t>(r * cols_ + label)] = 1.0f;
+    }
+    control_.loss_scale = 1.0f;
+    control_.inv_scale = 1.0f;
+    control_.seed = 42;
+    control_.iteration = 3;
+  }
+
+  // Loss of the current input and parameters; with `grad`, backward too: the gradient of the
+  // input and of every parameter.
+  struct Grads {
+    Vec input;
+    std::vector<std::vector<Vec>> params;
+  };
+  double run(Grads* grad = nullptr) {
+    std::vector<Vec> act(g_.nodes.size());
+    auto activation = [&](int src) -> const Vec& {
+      return src == graph::kModelInput ? input : act[static_cast<std::size_t>(src)];
+    };
+    for (std::size_t i = 0; i < g_.nodes.size(); ++i) {
+      const auto& node = g_.nodes[i];
+      act[i].assign(static_cast<std::size_t>(batch_ * numel(node.shape)), gradcheck::kPoison);
+      ForwardArgs a{backend_, &control_, true, batch_, {}, gradcheck::buf(act[i]), {}, false};
+      for (int src : node.inputs) a.inputs.push_back(gradcheck::cbuf(activation(src)));
+      for (const Vec& p : params[i]) a.params.push_back(gradcheck::cbuf(p));
+      for (Vec& bv : buffers_[i]) a.buffers.push_back(gradcheck::buf(bv));
+      node.layer->forward(a);
+    }
+    const auto out = static_cast<std::size_t>(g_.output);
+    std::vector<Vec> dact(g_.nodes.size());
+    std::vector<bool> written(g_.nodes.size(), false);
+    LossDesc d;
+    d.kind = kind_;
+    d.pred = gradcheck::cbuf(act[out]);
+    d.rows = rows_;
+    d.cols = cols_;
+    d.labels = labels.data();
+    d.targets = targets.data();
+    float loss32 = 0.0f;
+    d.loss = &loss32;
+    d.control = &control_;
+    if (grad != nullptr) {
+      dact[out].assign(act[out].size(), gradcheck::kPoison);
+      d.dpred = gradcheck::buf(dact[out]);
+      written[out] = true;
+    }
+    backend_.loss(d);
+    const double loss = backend_.last_loss();
+    if (grad == nullptr) return loss;
+
+    grad->input.assign(input.size(), gradcheck::kPoison);
+    bool input_written = false;
+    grad->params.assign(g_.nodes.size(), {});
+    for (std::size_t i = g_.nodes.size(); i-- > 0;) {
+      if (!written[i]) continue;  // not on a path to the output
+      const auto& node = g_.nodes[i];
+      BackwardArgs a{
+          backend_, &control_, batch_, {},   gradcheck::cbuf(act[i]), gradcheck::cbuf(dact[i]), {},
+          {},       {},        {},     false};
+      a.grad_param_dtype = DType::F64;
+      for (int src : node.inputs) {
+        a.inputs.push_back(gradcheck::cbuf(activation(src)));
+        if (src == graph::kModelInput) {
+          a.grad_inputs.push_back(gradcheck::buf(grad->input));
+          a.accumulate_inputs.push_back(input_written);
+          input_written = true;
+        } else {
+          const auto s = static_cast<std::size_t>(src);
+          if (!written[s]) dact[s].assign(act[s].size(), gradcheck::kPoison);
+          a.grad_inputs.push_back(gradcheck::buf(dact[s]));
+          a.accumulate_inputs.push_back(written[s]);
+          written[s] = true;
+        }
+      }
+      for (const Vec& p : params[i]) {
+        a.params.push_back(gradcheck::cbuf(p));
+        grad->params[i].emplace_back(p.size(), gradcheck::kPoison);
+        a.grad_params.push_back(grad->params[i].back().data());
+      }
+      for (Vec& bv : buffers_[i]) a.buffers.push_back(gradcheck::buf(bv));
+      node.layer->backward(a);
+    }
+    return loss;
+  }
+
+  const graph::Graph& graph() const { return g_; }
+
+  Vec input;
+  std::vector<std::vector<Vec>> params;  // per node, per declared parameter
+  std::vector<std::int32_t> labels;
+  std::vector<float> targets;
+
+ private:
+  const graph::Graph& g_;
+  LossKind kind_;
+  Draw draw_;
+  std::int64_t batch_ = 0, rows_ = 0, cols_ = 0;
+  std::vector<std::vector<Vec>> buffers_;  // per node, per declared buffer
+  cpu::CpuBackend backend_;
+  StepControl control_{};
+};
+
+inline void check_graph(const Model& model, LossKind kind = LossKind::SparseCrossEntropy) {
+  GraphRun run(model, kind, 5);
+  GraphRun::Grads analytic;
+  const double l0 = run.run(&analytic);
+  auto fd_of = [&](Vec& tensor) {
+    Vec fd(tensor.size());
+    for (std::size_t j = 0; j < tensor.size(); ++j) {
+      fd[j] = gradcheck::central_difference([&](double d) {
+        const double keep = tensor[j];
+        tensor[j] = keep + d;
+        const double l = run.run();
+        tensor[j] = keep;
+        return l - l0;
+      });
+    }
+    return fd;
+  };
+  gradcheck::expect_gradient_near("d input", analytic.input, fd_of(run.input));
+  const graph::Graph& g = run.graph();
+  for (std::size_t i = 0; i < run.params.size(); ++i) {
+    for (std::size_t k = 0; k < run.params[i].size(); ++k) {
+      gradcheck::expect_gradient_near(g.nodes[i].layer->name() + " d " + g.nodes[i].params[k].name,
+                                      analytic.params[i][k], fd_of(run.params[i][k]));
+    }
+  }
+}
+
 }  // namespace mixtrain::gradcheck
