@@ -180,7 +180,6 @@ class LayerRun {
     }
     for (const Vec& p : params) g.params.emplace_back(p.size(), kPoison);
     BackwardArgs a{backend_, &control_, batch_, {}, cbuf(y), cbuf(weights), {}, {}, {}, {}, false};
-    a.grad_param_dtype = DType::F64;
     for (std::size_t i = 0; i < inputs.size(); ++i) {
       a.inputs.push_back(cbuf(inputs[i]));
       a.grad_inputs.push_back(buf(g.inputs[i]));
@@ -188,7 +187,7 @@ class LayerRun {
     }
     for (std::size_t k = 0; k < params.size(); ++k) {
       a.params.push_back(cbuf(params[k]));
-      a.grad_params.push_back(g.params[k].data());
+      a.grad_params.push_back(Buf{g.params[k].data(), DType::F64});
     }
     for (Vec& b : buffers) a.buffers.push_back(buf(b));
     layer_->backward(a);
@@ -366,7 +365,6 @@ class GraphRun {
       BackwardArgs a{
           backend_, &control_, batch_, {},   gradcheck::cbuf(act[i]), gradcheck::cbuf(dact[i]), {},
           {},       {},        {},     false};
-      a.grad_param_dtype = DType::F64;
       for (int src : node.inputs) {
         a.inputs.push_back(gradcheck::cbuf(activation(src)));
         if (src == graph::kModelInput) {
@@ -384,7 +382,7 @@ class GraphRun {
       for (const Vec& p : params[i]) {
         a.params.push_back(gradcheck::cbuf(p));
         grad->params[i].emplace_back(p.size(), gradcheck::kPoison);
-        a.grad_params.push_back(grad->params[i].back().data());
+        a.grad_params.push_back(Buf{grad->params[i].back().data(), DType::F64});
       }
       for (Vec& bv : buffers_[i]) a.buffers.push_back(gradcheck::buf(bv));
       node.layer->backward(a);

@@ -299,7 +299,6 @@ class GraphExec {
                      {},
                      {},
                      false};
-      a.grad_param_dtype = dtype_of<T>();
       for (int src : node.inputs) {
         a.inputs.push_back(CBuf(activation(src).data(), dtype_of<T>()));
         if (src == graph::kModelInput) {
@@ -318,7 +317,7 @@ class GraphExec {
         const std::size_t j = first_param[i] + k;
         a.params.push_back(CBuf(p[j].data(), dtype_of<T>()));
         r.d_params[j].assign(p[j].size(), nan());
-        a.grad_params.push_back(r.d_params[j].data());
+        a.grad_params.push_back(Buf{r.d_params[j].data(), dtype_of<T>()});
       }
       a.buffers = buffers_of(i);
       node.layer->backward(a);

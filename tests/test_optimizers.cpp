@@ -9,6 +9,7 @@
 #include "backends/cpu/cpu_optimizer.hpp"
 #include "core/half.hpp"
 #include "mixtrain/error.hpp"
+#include "ops/backend.hpp"
 #include "reference/optimizer_reference.inc"
 #include "train/optimizer_math.hpp"
 
@@ -218,6 +219,72 @@ TEST(OptimizerStep, LargeRangeMatchesElementRule) {
       ASSERT_NEAR(p.state[k][i], s[3 * i + k], 1e-6 * std::fabs(s[3 * i + k]) + 1e-12) << i;
     }
     ASSERT_EQ(working[i].bits, store<bf16>(p.master[i]).bits) << i;
+  }
+}
+
+// Gradients kept in FP16/BF16 for the first parameters (the plan's mixed-precision layout) give
+// the update their fp32 values give: widening is exact and the rule is the same.
+TEST(OptimizerStep, LowPrecisionGradientRangeEqualsItsFp32Values) {
+  for (DType t : {DType::F16, DType::BF16}) {
+    SCOPED_TRACE(std::string(dtype_name(t)));
+    constexpr int kN = 5000, kLow = 2052;  // a chunk boundary (2048) inside the low range
+    const OptimizerHyper h = hyper_of(Optimizer::Adam);
+    Params split(h, ramp(kN, -1.0f, 0.0004f), 1e-2f), all(h, ramp(kN, -1.0f, 0.0004f), 1e-2f);
+    std::vector<std::uint16_t> low(kLow);
+    for (int step = 0; step < 3; ++step) {
+      std::vector<float> g = ramp(kN, 0.37f * static_cast<float>(step + 1), -0.00017f);
+      for (int i = 0; i < kLow; ++i) {
+        const auto k = static_cast<std::size_t>(i);
+        low[k] = t == DType::F16 ? float_to_f16(g[k]) : float_to_bf16(g[k]);
+        g[k] = t == DType::F16 ? f16_to_float(low[k]) : bf16_to_float(low[k]);
+      }
+      all.grad = g;
+      all.step();
+      split.grad.assign(g.begin() + kLow, g.end());
+      split.desc.count = kN;
+      split.desc.master = split.master.data();
+      split.desc.grad = GradRanges(CBuf(low.data(), t), kLow, split.grad.data());
+      for (std::size_t k = 0; k < split.state.size(); ++k) {
+        split.desc.state[k] = split.state[k].data();
+      }
+      cpu_optimizer_step(split.desc);
+      split.control.optimizer_scalar =
+          next_optimizer_scalar(h, split.control.optimizer_scalar, split.control.optimizer_steps);
+      ++split.control.optimizer_steps;
+      EXPECT_EQ(split.master, all.master);
+      EXPECT_EQ(split.state, all.state);
+    }
+  }
+}
+
+// The CPU gradient check over a low-precision range and an fp32 one: the squared norm of every
+// stored value, and an inf or nan in either range found.
+TEST(OptimizerStep, CheckGradientsOverBothRanges) {
+  auto be = make_cpu_backend();
+  constexpr int kLow = 70000, kRest = 9000;  // several check blocks, one shared by both ranges
+  std::vector<std::uint16_t> low(kLow);
+  std::vector<float> rest = ramp(kRest, -3.0f, 0.0007f);
+  double ref = 0.0;
+  for (int i = 0; i < kLow; ++i) {
+    low[static_cast<std::size_t>(i)] = float_to_f16(0.001f * static_cast<float>(i % 997) - 0.5f);
+    const double v = f16_to_float(low[static_cast<std::size_t>(i)]) / 4.0;
+    ref += v * v;
+  }
+  for (float v : rest) ref += (v / 4.0) * (v / 4.0);
+  for (int bad_at : {-1, 0, 1}) {
+    SCOPED_TRACE(bad_at);
+    std::vector<std::uint16_t> l = low;
+    std::vector<float> r = rest;
+    if (bad_at == 0) l[12345] = float_to_f16(INFINITY);
+    if (bad_at == 1) r[8999] = NAN;
+    StepControl c{};
+    c.loss_scale = 4.0f;
+    c.inv_scale = 0.25f;
+    be->check_gradients(GradRanges(CBuf(l.data(), DType::F16), kLow, r.data()), kLow + kRest, &c);
+    EXPECT_EQ(c.found_inf, bad_at >= 0 ? 1.0f : 0.0f);
+    if (bad_at < 0) {
+      EXPECT_NEAR(c.grad_norm_sq, ref, 2e-7 * ref);
+    }
   }
 }
 

@@ -83,5 +83,75 @@ TEST(PlanMemory, GradientsAliveTogetherNeverShareBytes) {
   expect_no_live_overlap("resnet18_cifar", 4);
 }
 
+// Weight matrices and filters keep their gradients in the compute dtype in mixed precision and
+// come first in the arena; the other parameters' gradients are fp32 and follow; the layout of
+// the parameter slots is the same in every precision.
+TEST(PlanMemory, WeightGradientsInComputeDtypeFirst) {
+  const Model m = compile(preset_model("cnn", 4));
+  const graph::Graph& g = m.graph();
+  auto backend = make_cpu_backend();
+  std::vector<std::vector<std::int64_t>> fp32_offsets;
+  for (Precision p : {Precision::FP32, Precision::FP16, Precision::BF16}) {
+    SCOPED_TRACE(precision_name(p));
+    PlanOptions o;
+    o.policy = PrecisionPolicy::for_precision(p);
+    o.label_count = 1;
+    const Plan plan(g, *backend, o);
+    const DType low = o.policy.mixed() ? o.policy.compute : DType::F32;
+    EXPECT_EQ(plan.lowp_count % Plan::kLowpAlign, 0);
+    EXPECT_EQ(plan.grads.lowp.dtype, low);
+    std::int64_t declared = 0, lowp = 0;
+    std::vector<std::int64_t> offsets;
+    for (std::size_t i = 0; i < g.nodes.size(); ++i) {
+      for (std::size_t k = 0; k < g.nodes[i].params.size(); ++k) {
+        const ParamDecl& d = g.nodes[i].params[k];
+        const std::int64_t off = plan.nodes[i].param_offsets[k];
+        offsets.push_back(off);
+        // weights() order: declaration order.
+        const auto span = plan.param_spans[offsets.size() - 1];
+        EXPECT_EQ(span.first, off);
+        EXPECT_EQ(span.second, numel(d.shape));
+        declared += numel(d.shape);
+        const Buf grad = plan.grad_of(off);
+        if (d.grad_in_compute_dtype) {
+          lowp += numel(d.shape);
+          EXPECT_LT(off, plan.lowp_count);
+          EXPECT_EQ(grad.dtype, low);
+        } else {
+          EXPECT_GE(off, plan.lowp_count);
+          EXPECT_EQ(grad.dtype, DType::F32);
+          EXPECT_EQ(grad.ptr, plan.grads.f32 + (off - plan.lowp_count));
+        }
+      }
+    }
+    EXPECT_GT(lowp, 0);
+    EXPECT_LT(lowp, declared);
+    EXPECT_EQ(plan.model_param_count, declared);
+    EXPECT_EQ(plan.lowp_count, (lowp + Plan::kLowpAlign - 1) / Plan::kLowpAlign * Plan::kLowpAlign);
+    EXPECT_EQ(plan.param_count, plan.lowp_count + declared - lowp);
+    fp32_offsets.push_back(offsets);
+  }
+  EXPECT_EQ(fp32_offsets[0], fp32_offsets[1]);
+  EXPECT_EQ(fp32_offsets[0], fp32_offsets[2]);
+}
+
+// set_weights() takes back what weights() gives (both in declaration order, Plan::param_spans).
+TEST(PlanMemory, WeightsInDeclarationOrder) {
+  const Model m = compile(preset_model("cnn", 4));
+  TrainerConfig c;
+  c.device = Device::CPU;
+  c.precision = Precision::FP16;
+  Trainer t(m, c);
+  std::vector<float> w = t.weights();
+  std::int64_t declared = 0;
+  for (const auto& node : m.graph().nodes) {
+    for (const ParamDecl& d : node.params) declared += numel(d.shape);
+  }
+  ASSERT_GE(static_cast<std::int64_t>(w.size()), declared);
+  for (std::size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(i % 1000) * 0.001f;
+  t.set_weights(w);
+  EXPECT_EQ(t.weights(), w);
+}
+
 }  // namespace
 }  // namespace mixtrain

@@ -54,10 +54,9 @@ void BatchNorm::forward(const ForwardArgs& a) const {
 
 void BatchNorm::backward(const BackwardArgs& a) const {
   a.backend.batch_norm_backward(a.inputs[0], a.grad_output, a.params[0], a.buffers[kBatchMean],
-                                a.buffers[kBatchInvstd], a.grad_inputs[0],
-                                Buf{a.grad_params[0], a.grad_param_dtype},
-                                Buf{a.grad_params[1], a.grad_param_dtype}, rows(a.batch),
-                                channels(), a.accumulate_inputs[0], relu_ ? a.output : CBuf());
+                                a.buffers[kBatchInvstd], a.grad_inputs[0], a.grad_params[0],
+                                a.grad_params[1], rows(a.batch), channels(), a.accumulate_inputs[0],
+                                relu_ ? a.output : CBuf());
 }
 
 void BatchNorm::after_check(const AfterCheckArgs& a) const {

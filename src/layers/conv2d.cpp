@@ -70,6 +70,7 @@ std::vector<ParamDecl> Conv2d::params(const std::vector<Shape>& in) const {
                             Init::HeUniform,
                             fan_in,
                             fan_out}};
+  p[0].grad_in_compute_dtype = true;  // cuDNN's backward-filter output
   if (c_.bias) p.push_back({"bias", {c_.filters}, Init::Zeros, fan_in, fan_out});
   return p;
 }
@@ -83,9 +84,8 @@ void Conv2d::forward(const ForwardArgs& a) const {
 void Conv2d::backward(const BackwardArgs& a) const {
   ConvDesc d = desc(in_shape(), a.batch);
   d.allow_tf32 = a.allow_tf32;
-  a.backend.conv2d_backward_filter(d, a.inputs[0], a.grad_output,
-                                   Buf{a.grad_params[0], a.grad_param_dtype},
-                                   c_.bias ? Buf{a.grad_params[1], a.grad_param_dtype} : Buf{});
+  a.backend.conv2d_backward_filter(d, a.inputs[0], a.grad_output, a.grad_params[0],
+                                   c_.bias ? a.grad_params[1] : Buf{});
   if (a.grad_inputs[0]) {
     a.backend.conv2d_backward_data(d, a.grad_output, a.params[0], a.grad_inputs[0],
                                    a.accumulate_inputs[0]);

@@ -17,6 +17,7 @@ Shape Dense::output_shape(const std::vector<Shape>& in) const {
 std::vector<ParamDecl> Dense::params(const std::vector<Shape>& in) const {
   const std::int64_t fan_in = in[0].back();
   std::vector<ParamDecl> p{{"weight", {units_, fan_in}, Init::GlorotUniform, fan_in, units_}};
+  p[0].grad_in_compute_dtype = true;  // the dW GEMM's output
   if (bias_) p.push_back({"bias", {units_}, Init::Zeros, fan_in, units_});
   return p;
 }
@@ -63,21 +64,25 @@ void Dense::backward(const BackwardArgs& a) const {
   const std::int64_t in = in_shape().back();
   const std::int64_t m = rows(a.batch);
   // The gradient of the pre-activation z: dy itself, or dy * act'(z) in the scratch buffer.
+  // With an activation and a bias, the bias gradient (the column sums of dz) comes out of the
+  // pass that computes dz; otherwise from the dW product's epilogue.
   CBuf dz = a.grad_output;
+  const bool db_with_dz = bias_ && activation_ != Activation::Identity;
   if (activation_ != Activation::Identity) {
     const Buf s = scratch(a.buffers, a.grad_output.dtype);
-    if (activation_ == Activation::ReLU) {
-      // relu'(z) = (z > 0) = (y > 0): the output stands in for z (bit-identical derivative).
-      a.backend.activation_backward(Activation::ReLU, 0.0f, a.output, a.output, a.grad_output, s,
-                                    m * units_, false);
+    // ReLU: relu'(z) = (z > 0) = (y > 0), the output stands in for z (bit-identical derivative).
+    // GELU: in place over the pre-activation the forward pass stored.
+    const CBuf z = activation_ == Activation::ReLU ? a.output : CBuf(s);
+    if (db_with_dz) {
+      a.backend.activation_backward_bias_grad(activation_, 0.0f, z, a.output, a.grad_output, s,
+                                              a.grad_params[1], m, units_);
     } else {
-      // In place over the pre-activation the forward pass stored.
-      a.backend.activation_backward(activation_, 0.0f, s, a.output, a.grad_output, s, m * units_,
+      a.backend.activation_backward(activation_, 0.0f, z, a.output, a.grad_output, s, m * units_,
                                     false);
     }
     dz = s;
   }
-  GemmDesc dw;  // dW = dz^T x, fp32 (grad_param_dtype) from compute-dtype operands; db fused
+  GemmDesc dw;  // dW = dz^T x in the gradient's dtype from compute-dtype operands; db fused
   dw.trans_a = true;
   dw.m = units_;
   dw.n = in;
@@ -86,11 +91,11 @@ void Dense::backward(const BackwardArgs& a) const {
   dw.lda = units_;
   dw.b = a.inputs[0];
   dw.ldb = in;
-  dw.c = Buf{a.grad_params[0], a.grad_param_dtype};
+  dw.c = a.grad_params[0];
   dw.ldc = in;
   dw.allow_tf32 = a.allow_tf32;
-  if (bias_) {  // db = sum over rows of dz: the column sums of A
-    dw.bias_grad = Buf{a.grad_params[1], a.grad_param_dtype};
+  if (bias_ && !db_with_dz) {  // db = sum over rows of dz: the column sums of A
+    dw.bias_grad = a.grad_params[1];
     dw.bias_grad_operand = GemmOperand::A;
   }
   a.backend.gemm(dw);

@@ -30,6 +30,10 @@ struct ParamDecl {
   // The layer reads the fp32 master copy even in mixed precision, not the FP16/BF16 working copy
   // (batch-norm's gamma and beta: fp32 parameters with low-precision activations).
   bool keep_fp32 = false;
+  // The gradient is a GEMM or convolution product (weight matrices, filters): in mixed precision
+  // it is stored in the compute dtype, as that product comes out (PyTorch's autocast does the
+  // same). Otherwise it is fp32 (biases, normalisation parameters: sums the layer keeps in fp32).
+  bool grad_in_compute_dtype = false;
 };
 
 // Memory a layer keeps besides its parameters. Persistent buffers are model state that is not
@@ -66,10 +70,11 @@ struct BackwardArgs {
   std::vector<Buf> grad_inputs;         // null where no gradient is needed
   std::vector<bool> accumulate_inputs;  // add into grad_inputs[i] instead of overwriting
   std::vector<CBuf> params;
-  std::vector<void*> grad_params;  // of grad_param_dtype, overwritten
+  // One per parameter, overwritten: F32, or the compute dtype for a parameter declared
+  // grad_in_compute_dtype in mixed precision; F64 when the float64 gradient tests run a layer on
+  // the CPU backend.
+  std::vector<Buf> grad_params;
   bool allow_tf32;
-  // F32 in training; F64 when the float64 gradient tests run a layer on the CPU backend.
-  DType grad_param_dtype = DType::F32;
   std::vector<Buf> buffers = {};
 };
 

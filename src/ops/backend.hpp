@@ -84,12 +84,28 @@ struct LossDesc {
   const StepControl* control = nullptr;  // optional: supplies the loss scale for dpred
 };
 
+// The parameter gradients of a step, still scaled, in two ranges: the first lowp_count in
+// lowp.dtype (weight matrices and filters, stored in the compute dtype as the GEMM or convolution
+// produced them, the way PyTorch's autocast produces them: half the bytes to write, check and
+// read), the other count - lowp_count in fp32 (biases, normalisation parameters). lowp_count is a
+// multiple of 4 so that both ranges start 16-byte aligned when the first does. A plain fp32 array
+// converts to an all-fp32 GradRanges.
+struct GradRanges {
+  CBuf lowp;                    // [lowp_count], f16, bf16 or f32
+  std::int64_t lowp_count = 0;  // a multiple of 4
+  const float* f32 = nullptr;   // [count - lowp_count]
+  GradRanges() = default;
+  GradRanges(const float* all) : f32(all) {}  // NOLINT(google-explicit-constructor)
+  GradRanges(CBuf low, std::int64_t low_count, const float* rest)
+      : lowp(low), lowp_count(low_count), f32(rest) {}
+};
+
 // Everything the optimizer pass touches; parameters are one contiguous range.
 struct OptimizerDesc {
   OptimizerHyper hyper;
   std::int64_t count = 0;
   float* master = nullptr;                // fp32 master weights [count]
-  const float* grad = nullptr;            // fp32 gradients, still scaled [count]
+  GradRanges grad;                        // gradients, still scaled [count]
   float* state[kMaxOptimizerSlots] = {};  // fp32 optimizer state arrays [count] each
   Buf working;                 // optional FP16/BF16 working copy [count], written in the pass
   float max_grad_norm = 0.0f;  // > 0: clip to this global norm (from control->grad_norm_sq)
@@ -181,6 +197,15 @@ class Backend {
   virtual void bias_grad(CBuf dy, Buf db, std::int64_t rows, std::int64_t cols,
                          bool accumulate) = 0;
 
+  // activation_backward(act, alpha, x, y, dy, dx, rows * cols, false), then bias_grad(dx, db,
+  // rows, cols, false) of the stored dx: a dense layer's pre-activation gradient and its bias
+  // gradient. A backend may do both in one pass (the CUDA backend does); dx may be x.
+  virtual void activation_backward_bias_grad(Activation act, float alpha, CBuf x, CBuf y, CBuf dy,
+                                             Buf dx, Buf db, std::int64_t rows, std::int64_t cols) {
+    activation_backward(act, alpha, x, y, dy, dx, rows * cols, false);
+    bias_grad(dx, db, rows, cols, false);
+  }
+
   // Convolution (ConvDesc above), products accumulated in fp32 (double for the CPU backend's
   // F64). x, w, y, dy, dx share the compute dtype.
   // y = conv(x, w) (+ bias[k] broadcast); bias is optional and may be F32 or the compute dtype.
@@ -189,9 +214,10 @@ class Backend {
   virtual void conv2d_backward_data(const ConvDesc& desc, CBuf dy, CBuf w, Buf dx,
                                     bool accumulate) = 0;
   // dw [K, R, S, C / groups] = the weight gradient, and db [K] = sum of dy over N, P, Q when db
-  // is set; both overwritten, F32 (F64 with an F64 x and dy on the CPU backend). With FP16/BF16
-  // operands dw is rounded to that dtype before it is stored in fp32 (cuDNN produces it in the
-  // tensor dtype): it overflows to inf where the GPU's would.
+  // is set; both overwritten. db is F32 (F64 with an F64 x and dy on the CPU backend); dw is F32
+  // or x's dtype (F64 with F64 operands). With FP16/BF16 operands dw is rounded to that dtype
+  // (cuDNN produces it in the tensor dtype), then stored as it is or widened to F32: it overflows
+  // to inf where the GPU's would.
   virtual void conv2d_backward_filter(const ConvDesc& desc, CBuf x, CBuf dy, Buf dw, Buf db) = 0;
 
   // Batch normalisation over the last dimension: x, y, dy, dx are [rows, channels] (rows = every
@@ -241,10 +267,12 @@ class Backend {
   // Loss forward (and backward when desc.dpred is set).
   virtual void loss(const LossDesc& desc) = 0;
 
-  // Mixed precision. Reads the still-scaled fp32 gradients once: sets control->found_inf when any
-  // value times control->inv_scale is inf/nan and control->grad_norm_sq to the squared norm of the
-  // unscaled gradients. It does not write them: the optimizer multiplies by inv_scale as it reads.
-  virtual void check_gradients(const float* grad, std::int64_t count, StepControl* control) = 0;
+  // Mixed precision. Reads the still-scaled gradients (count of them, GradRanges above) once:
+  // sets control->found_inf when any value times control->inv_scale is inf/nan and
+  // control->grad_norm_sq to the squared norm of the unscaled gradients. It does not write them:
+  // the optimizer multiplies by inv_scale as it reads.
+  virtual void check_gradients(const GradRanges& grad, std::int64_t count,
+                               StepControl* control) = 0;
   // Optimizer update on grad * control->inv_scale (times the clipping coefficient); does nothing
   // when control->found_inf is set.
   virtual void optimizer_step(const OptimizerDesc& desc) = 0;

@@ -59,6 +59,10 @@ MIXTRAIN_HD OptimizerStepScalars optimizer_step_scalars(const OptimizerHyper& h,
 // weight decay), s the element's state slots.
 MIXTRAIN_HD void optimizer_update_element(const OptimizerHyper& h, const OptimizerStepScalars& sc,
                                           float& p, float g, float* s);
+// The same with the rule given apart (h.kind is not read).
+MIXTRAIN_HD void optimizer_update_element(const OptimizerHyper& h, Optimizer kind,
+                                          const OptimizerStepScalars& sc, float& p, float g,
+                                          float* s);
 
 }  // namespace mixtrain
 

@@ -87,15 +87,18 @@ MIXTRAIN_HD float next_optimizer_scalar(const OptimizerHyper& h, float before,
   return before;
 }
 
-MIXTRAIN_HD void optimizer_update_element(const OptimizerHyper& h, const OptimizerStepScalars& sc,
-                                          float& p, float g, float* s) {
+// The rule of `kind` (h.kind is not read): a kernel passes a compile-time constant and reads the
+// rest of h straight from its parameters, without a modified copy of h.
+MIXTRAIN_HD void optimizer_update_element(const OptimizerHyper& h, Optimizer kind,
+                                          const OptimizerStepScalars& sc, float& p, float g,
+                                          float* s) {
   // AdamW shrinks the parameter first; the coupled decay below then sees the shrunk value.
-  if (h.kind == Optimizer::AdamW) {
+  if (kind == Optimizer::AdamW) {
     p *= 1.0f - sc.lr * h.adamw.decoupled_weight_decay;
   }
   g = g * sc.grad_factor + h.weight_decay * p;
 
-  switch (h.kind) {
+  switch (kind) {
     case Optimizer::SGD: {
       const SgdOptions& o = h.sgd;
       if (o.momentum > 0.0f) {
@@ -159,6 +162,11 @@ MIXTRAIN_HD void optimizer_update_element(const OptimizerHyper& h, const Optimiz
       return;
     }
   }
+}
+
+MIXTRAIN_HD void optimizer_update_element(const OptimizerHyper& h, const OptimizerStepScalars& sc,
+                                          float& p, float g, float* s) {
+  optimizer_update_element(h, h.kind, sc, p, g, s);
 }
 
 }  // namespace mixtrain

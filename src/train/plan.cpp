@@ -89,19 +89,41 @@ Plan::Plan(const graph::Graph& g, Backend& be, const PlanOptions& o)
   const std::size_t csize = dtype_size(ct);
   const auto b = static_cast<std::size_t>(g.max_batch);
 
+  // Parameters whose gradient is kept in the compute dtype come first, padded to a multiple of
+  // kLowpAlign elements, then the others: the same order in every precision, so the arena (and the
+  // optimizer's view of it) does not depend on it. weights() restores the declaration order.
   std::vector<std::vector<std::int64_t>> offsets(g.nodes.size());
+  for (std::size_t i = 0; i < g.nodes.size(); ++i) offsets[i].resize(g.nodes[i].params.size());
+  for (const bool lowp : {true, false}) {
+    for (std::size_t i = 0; i < g.nodes.size(); ++i) {
+      for (std::size_t k = 0; k < g.nodes[i].params.size(); ++k) {
+        const ParamDecl& p = g.nodes[i].params[k];
+        if (p.grad_in_compute_dtype != lowp) continue;
+        offsets[i][k] = param_count;
+        if (p.keep_fp32) fp32_params_.push_back(param_count);
+        param_count += numel(p.shape);
+      }
+    }
+    if (lowp) {
+      lowp_count = (param_count + kLowpAlign - 1) / kLowpAlign * kLowpAlign;
+      param_count = lowp_count;
+    }
+  }
+  std::sort(fp32_params_.begin(), fp32_params_.end());
   for (std::size_t i = 0; i < g.nodes.size(); ++i) {
-    for (const ParamDecl& p : g.nodes[i].params) {
-      offsets[i].push_back(param_count);
-      if (p.keep_fp32) fp32_params_.push_back(param_count);
-      param_count += numel(p.shape);
+    for (std::size_t k = 0; k < g.nodes[i].params.size(); ++k) {
+      param_spans.emplace_back(offsets[i][k], numel(g.nodes[i].params[k].shape));
+      model_param_count += numel(g.nodes[i].params[k].shape);
     }
   }
   const auto pc = static_cast<std::size_t>(param_count);
+  const DType gt = o.policy.mixed() ? ct : DType::F32;
+  const auto lowp_bytes = static_cast<std::size_t>(lowp_count) * dtype_size(gt);
 
   Layout l;
   const std::size_t off_master = l.take(pc * 4);
-  const std::size_t off_grads = l.take(pc * 4);
+  const std::size_t off_grads_lowp = l.take(lowp_bytes);
+  const std::size_t off_grads = l.take((pc - static_cast<std::size_t>(lowp_count)) * 4);
   const std::size_t off_working = o.policy.mixed() ? l.take(pc * csize) : 0;
   std::size_t off_state[kMaxOptimizerSlots] = {};
   for (int s = 0; s < o.optimizer_slots; ++s) off_state[s] = l.take(pc * 4);
@@ -142,7 +164,8 @@ Plan::Plan(const graph::Graph& g, Backend& be, const PlanOptions& o)
   arena_ = backend.alloc(arena_bytes);
   char* base = static_cast<char*>(arena_);
   master = reinterpret_cast<float*>(base + off_master);
-  grads = reinterpret_cast<float*>(base + off_grads);
+  grads = GradRanges(CBuf(base + off_grads_lowp, gt), lowp_count,
+                     reinterpret_cast<float*>(base + off_grads));
   if (o.policy.mixed()) working = Buf{base + off_working, ct};
   for (int s = 0; s < o.optimizer_slots; ++s)
     state[s] = reinterpret_cast<float*>(base + off_state[s]);
@@ -185,6 +208,15 @@ CBuf Plan::param(std::int64_t offset) const {
                 working.dtype);
   }
   return CBuf(master + offset, DType::F32);
+}
+
+Buf Plan::grad_of(std::int64_t offset) const {
+  if (offset < lowp_count) {
+    const auto* p =
+        static_cast<const char*>(grads.lowp.ptr) + offset * dtype_size(grads.lowp.dtype);
+    return Buf{const_cast<char*>(p), grads.lowp.dtype};
+  }
+  return Buf{const_cast<float*>(grads.f32) + (offset - lowp_count), DType::F32};
 }
 
 Buf Plan::activation_of(int index) const {

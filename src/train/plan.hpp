@@ -2,7 +2,9 @@
 // once as a single arena, and the per-layer arguments that point into it.
 //
 // Arena layout (each region 256-byte aligned):
-//   master [P] f32 | grads [P] f32 | working copy [P] compute dtype (mixed precision only) |
+//   master [P] f32 | gradients of the first L parameters (weight matrices, filters) in the
+//   compute dtype (f32 outside mixed precision) | gradients of the other P - L f32 |
+//   working copy [P] compute dtype (mixed precision only) |
 //   optimizer state [slots][P] f32 | activations per node [max_batch, shape] compute dtype |
 //   activation gradients, same shapes, sharing memory where their lifetimes in the backward
 //   pass do not overlap | model input [max_batch, sample] compute dtype |
@@ -12,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "graph/graph.hpp"
@@ -45,9 +48,18 @@ class Plan {
   const graph::Graph& graph;
   Backend& backend;
   PlanOptions options;
+  // Parameter slots of the arena: the model's parameters, the L = lowp_count that keep their
+  // gradient in the compute dtype first (padded with unused zero slots to a multiple of
+  // kLowpAlign), then the others. Each layer's parameters are found by NodeMemory::param_offsets.
+  static constexpr std::int64_t kLowpAlign = 64;
   std::int64_t param_count = 0;
+  std::int64_t lowp_count = 0;
+  std::int64_t model_param_count = 0;  // without the padding
+  // (slot offset, element count) of every parameter in declaration order (layers, then their
+  // parameters): the order of Trainer::weights().
+  std::vector<std::pair<std::int64_t, std::int64_t>> param_spans;
   float* master = nullptr;
-  float* grads = nullptr;
+  GradRanges grads;
   Buf working;  // null in fp32: the layers read master directly
   float* state[kMaxOptimizerSlots] = {};
   std::vector<NodeMemory> nodes;
@@ -69,6 +81,8 @@ class Plan {
   // The view of the parameter at `offset` that layers read: the compute-dtype working copy, or
   // master in fp32 and for parameters declared keep_fp32.
   CBuf param(std::int64_t offset) const;
+  // The gradient buffer of the parameter at `offset` (the layers write it in backward).
+  Buf grad_of(std::int64_t offset) const;
   Buf activation_of(int index) const;  // index may be graph::kModelInput
 
  private:

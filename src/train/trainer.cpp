@@ -173,7 +173,10 @@ Trainer::Impl::Impl(const Model& m, TrainerConfig c) : model(m), config(c) {
     backend->fill(Buf{plan->state[s], DType::F32}, plan->param_count,
                   optimizer_state_init(hyper, s));
   }
-  backend->fill(Buf{plan->grads, DType::F32}, plan->param_count, 0.0f);
+  backend->fill(Buf{const_cast<void*>(plan->grads.lowp.ptr), plan->grads.lowp.dtype},
+                plan->lowp_count, 0.0f);
+  backend->fill(Buf{const_cast<float*>(plan->grads.f32), DType::F32},
+                plan->param_count - plan->lowp_count, 0.0f);
   if (plan->persistent_count > 0) {
     std::vector<float> state;
     for (const auto& node : g.nodes) {
@@ -328,7 +331,7 @@ void Trainer::Impl::backward(std::int64_t n) {
     }
     for (auto off : mem.param_offsets) {
       a.params.push_back(plan->param(off));
-      a.grad_params.push_back(plan->grads + off);
+      a.grad_params.push_back(plan->grad_of(off));
     }
     a.buffers = mem.buffers;
     node.layer->backward(a);
@@ -619,10 +622,17 @@ PrecisionPolicy Trainer::policy() const {
 
 std::vector<float> Trainer::weights() {
   const Plan& p = *impl_->plan;
-  std::vector<float> w(static_cast<std::size_t>(p.param_count + p.persistent_count));
-  impl_->backend->download(w.data(), p.master, static_cast<std::size_t>(p.param_count) * 4);
+  std::vector<float> slots(static_cast<std::size_t>(p.param_count));
+  impl_->backend->download(slots.data(), p.master, slots.size() * 4);
+  // Declaration order, then the layer state.
+  std::vector<float> w;
+  w.reserve(static_cast<std::size_t>(p.model_param_count + p.persistent_count));
+  for (const auto& [offset, count] : p.param_spans) {
+    w.insert(w.end(), slots.begin() + offset, slots.begin() + offset + count);
+  }
+  w.resize(static_cast<std::size_t>(p.model_param_count + p.persistent_count));
   if (p.persistent_count > 0) {
-    impl_->backend->download(w.data() + p.param_count, p.persistent,
+    impl_->backend->download(w.data() + p.model_param_count, p.persistent,
                              static_cast<std::size_t>(p.persistent_count) * 4);
   }
   return w;
@@ -631,14 +641,20 @@ std::vector<float> Trainer::weights() {
 void Trainer::set_weights(const std::vector<float>& w) {
   Impl& m = *impl_;
   const Plan& p = *m.plan;
-  if (static_cast<std::int64_t>(w.size()) != p.param_count + p.persistent_count) {
+  if (static_cast<std::int64_t>(w.size()) != p.model_param_count + p.persistent_count) {
     throw ShapeError(fmt::format(
         "set_weights: got {} values, the model has {} parameters and {} values of layer state",
-        w.size(), p.param_count, p.persistent_count));
+        w.size(), p.model_param_count, p.persistent_count));
   }
-  m.backend->upload(p.master, w.data(), static_cast<std::size_t>(p.param_count) * 4);
+  std::vector<float> slots(static_cast<std::size_t>(p.param_count), 0.0f);
+  std::int64_t next = 0;
+  for (const auto& [offset, count] : p.param_spans) {
+    std::copy_n(w.begin() + next, count, slots.begin() + offset);
+    next += count;
+  }
+  m.backend->upload(p.master, slots.data(), slots.size() * 4);
   if (p.persistent_count > 0) {
-    m.backend->upload(p.persistent, w.data() + p.param_count,
+    m.backend->upload(p.persistent, w.data() + p.model_param_count,
                       static_cast<std::size_t>(p.persistent_count) * 4);
   }
   if (m.plan->working) {

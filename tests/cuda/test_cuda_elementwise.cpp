@@ -316,6 +316,62 @@ TEST_F(ElementwiseTest, BiasGradColumnSums) {
   }
 }
 
+// The fused pass against the CPU's two ops: dx as activation_backward gives it (bit-identical
+// for ReLU) and the bias gradient as the column sums of the stored dx; in place (dx = x) too.
+TEST_F(ElementwiseTest, ActivationBackwardBiasGradMatchesTheTwoOps) {
+  for (const ActCase& ac : {kActs[1], kActs[8]}) {  // relu, gelu_tanh
+    for (DType t : float_dtypes()) {
+      for (std::int64_t rows : {1, 64, 1000}) {  // 64, 1000 rows: several chunks
+        // 37 columns: element by element; 544: 16-byte packs, and a last tile partly filled.
+        for (std::int64_t cols : {37, 544}) {
+          for (bool in_place : {false, true}) {
+            SCOPED_TRACE(std::string(ac.name) + " " + dtype_trace(t) + " rows " +
+                         std::to_string(rows) + " cols " + std::to_string(cols) +
+                         (in_place ? " in place" : ""));
+            const std::int64_t n = rows * cols;
+            Twin x(cpu(), gpu(), t, n), y(cpu(), gpu(), t, n), dy(cpu(), gpu(), t, n),
+                dx(cpu(), gpu(), t, n), db(cpu(), gpu(), DType::F32, cols);
+            const std::vector<float> xv = x.set(normal(n, 0.0f, 3.0f));
+            cpu().activation_forward(ac.act, ac.alpha, x.cpu(), y.cpu(), n);
+            gpu().activation_forward(ac.act, ac.alpha, x.gpu(), y.gpu(), n);
+            const std::vector<float> dyv = dy.set(normal(n, 0.0f, 1.0f));
+            dx.poison();
+            db.poison();
+            const Twin& out = in_place ? x : dx;
+            cpu().activation_backward_bias_grad(ac.act, ac.alpha, x.cpu(), y.cpu(), dy.cpu(),
+                                                out.cpu(), db.cpu(), rows, cols);
+            gpu().activation_backward_bias_grad(ac.act, ac.alpha, x.gpu(), y.gpu(), dy.gpu(),
+                                                out.gpu(), db.gpu(), rows, cols);
+            const std::vector<float> ref = out.cpu_values(), got = out.gpu_values();
+            if (ac.exact) {
+              EXPECT_TRUE(all_equal(ref, got));
+            } else {
+              // As ActivationBackwardWithAndWithoutAccumulate: 16 eps32 * |dy| * (1 + |x|).
+              EXPECT_TRUE(all_close(ref, got, [&](std::size_t i) {
+                return out_tol(t, ref[i],
+                               16.0 * kEps32 * std::fabs(dyv[i]) * (1.0 + std::fabs(xv[i])));
+              }));
+            }
+            // Column sums of the stored dx (the CPU's values; the GPU's differ only as above):
+            // two fp32 sums in different orders, rows * eps32 * sum |dx| each, plus the GPU's dx
+            // differences summed.
+            const std::vector<float> dbr = db.cpu_values(), dbg = db.gpu_values();
+            EXPECT_TRUE(all_close(dbr, dbg, [&](std::size_t c) {
+              double sum_abs = 0.0, diff = 0.0;
+              for (std::int64_t r = 0; r < rows; ++r) {
+                const std::size_t i = static_cast<std::size_t>(r * cols) + c;
+                sum_abs += std::fabs(ref[i]);
+                diff += std::fabs(static_cast<double>(ref[i]) - got[i]);
+              }
+              return 2.0 * static_cast<double>(rows) * kEps32 * sum_abs + diff;
+            }));
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_F(ElementwiseTest, MismatchedDtypesThrowLikeTheCpu) {
   Twin a(cpu(), gpu(), DType::F32, 8), b(cpu(), gpu(), DType::F16, 8);
   EXPECT_THROW(cpu().add(a.cpu(), b.cpu(), a.cpu(), 8), Error);

@@ -45,8 +45,8 @@ TEST_F(StepFusion, GradientCheckRepeatsAndReplays) {
         if (a.found_inf != 0.0f) {
           EXPECT_TRUE(std::isinf(b.grad_norm_sq));
         } else {
-          // Double sums in different orders rounded once to fp32 (test_cuda_step_ops.cpp).
-          EXPECT_NEAR(b.grad_norm_sq, a.grad_norm_sq, 2.0 * kEps32 * a.grad_norm_sq);
+          // 5 eps32 relative, derived in test_cuda_step_ops.cpp (UnscaleAndCheckCleanGradients).
+          EXPECT_NEAR(b.grad_norm_sq, a.grad_norm_sq, 5.0 * kEps32 * a.grad_norm_sq);
         }
       }
     }

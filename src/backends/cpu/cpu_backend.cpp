@@ -5,6 +5,7 @@
 #include <cstring>
 #include <new>
 
+#include "backends/cpu/cpu_grad_ranges.hpp"
 #include "backends/cpu/cpu_optimizer.hpp"
 #include "train/scaler_math.hpp"
 
@@ -76,19 +77,31 @@ void check_block(const float* __restrict grad, std::int64_t begin, std::int64_t 
 
 }  // namespace
 
-void CpuBackend::check_gradients(const float* grad, std::int64_t count, StepControl* control) {
+void CpuBackend::check_gradients(const GradRanges& grad, std::int64_t count, StepControl* control) {
   // Fixed-size blocks summed in a fixed order: the norm is bit-identical for any thread count.
   constexpr std::int64_t kBlock = 4096;
   const std::int64_t blocks = (count + kBlock - 1) / kBlock;
   std::vector<double> partial(static_cast<std::size_t>(blocks));
   std::vector<unsigned char> bad(static_cast<std::size_t>(blocks));
   const float inv = control->inv_scale;
-#pragma omp parallel for schedule(static) if (count >= 65536)
-  for (std::int64_t b = 0; b < blocks; ++b) {
-    bool block_bad = false;
-    check_block(grad, b * kBlock, std::min(count, (b + 1) * kBlock), inv,
-                partial[static_cast<std::size_t>(b)], block_bad);
-    bad[static_cast<std::size_t>(b)] = block_bad;
+#pragma omp parallel if (count >= 65536)
+  {
+    std::vector<float> tmp(static_cast<std::size_t>(kBlock));
+#pragma omp for schedule(static)
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      double block_sum = 0.0;
+      bool block_bad = false;
+      for_each_grad_piece(grad, b * kBlock, std::min(count, (b + 1) * kBlock), tmp.data(),
+                          [&](std::int64_t begin, std::int64_t end, const float* g) {
+                            double sum = 0.0;
+                            bool piece_bad = false;
+                            check_block(g, 0, end - begin, inv, sum, piece_bad);
+                            block_sum += sum;
+                            block_bad = block_bad || piece_bad;
+                          });
+      partial[static_cast<std::size_t>(b)] = block_sum;
+      bad[static_cast<std::size_t>(b)] = block_bad;
+    }
   }
   double total = 0.0;
   bool any_bad = false;

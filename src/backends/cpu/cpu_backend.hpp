@@ -86,7 +86,7 @@ class CpuBackend final : public Backend {
   // differentiate it.
   double last_loss() const { return last_loss_; }
 
-  void check_gradients(const float* grad, std::int64_t count, StepControl* control) override;
+  void check_gradients(const GradRanges& grad, std::int64_t count, StepControl* control) override;
   void optimizer_step(const OptimizerDesc& desc) override;
   void finish_step(StepControl* control, const ScalerParams& params, const OptimizerHyper& hyper,
                    StepRecord* history) override;

@@ -328,10 +328,15 @@ void CpuBackend::conv2d_backward_filter(const ConvDesc& d, CBuf x, CBuf dy, Buf 
     using T = decltype(t);
     using A = acc_t<T>;
     constexpr bool direct = std::is_same_v<T, A>;
-    require_dtype(dw.dtype, dtype_of<A>(), "conv2d_backward_filter's dw");
+    // dw in the accumulation dtype, or (FP16/BF16) in the tensor dtype: accumulated in scratch.
+    const bool dw_in_t = !direct && dw.dtype == x.dtype;
+    if (!dw_in_t) require_dtype(dw.dtype, dtype_of<A>(), "conv2d_backward_filter's dw");
     const T* px = as<T>(x.ptr);
     const T* pdy = as<T>(dy.ptr);
-    A* pdw = as<A>(dw.ptr);
+    const std::int64_t dw_count = d.K * ge.kc;
+    A* pdw = dw_in_t
+                 ? static_cast<A*>(conv_scratch(2, static_cast<std::size_t>(dw_count) * sizeof(A)))
+                 : as<A>(dw.ptr);
     const std::size_t per_image =
         ((ge.identity ? (direct ? 0 : ge.hw * d.C) : ge.pq * ge.kc) + (direct ? 0 : ge.pq * d.K)) *
         sizeof(A);
@@ -361,9 +366,12 @@ void CpuBackend::conv2d_backward_filter(const ConvDesc& d, CBuf x, CBuf dy, Buf 
       // The weight gradient passes through the tensor dtype, as cuDNN (and PyTorch AMP) produce
       // it: rounded once, and inf where it overflows FP16, so the loss scaler sees the overflow
       // the GPU would see.
-      const std::int64_t count = d.K * ge.kc;
-#pragma omp parallel for schedule(static) if (count >= kParallelMin)
-      for (std::int64_t i = 0; i < count; ++i) pdw[i] = round_to<T>(pdw[i]);
+      if (dw_in_t) {
+        narrow(pdw, as<T>(dw.ptr), dw_count);
+      } else {
+#pragma omp parallel for schedule(static) if (dw_count >= kParallelMin)
+        for (std::int64_t i = 0; i < dw_count; ++i) pdw[i] = round_to<T>(pdw[i]);
+      }
     }
   });
   if (db) bias_grad(dy, db, d.N * d.P * d.Q, d.K, false);

@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "backends/cpu/cpu_convert.hpp"
+#include "backends/cpu/cpu_grad_ranges.hpp"
 #include "core/half.hpp"
 #include "mixtrain/error.hpp"
 
@@ -20,11 +21,10 @@ namespace {
 // and the loop would not vectorise).
 template <Optimizer K, int Slots>
 void update_chunk(const OptimizerDesc& d, const OptimizerStepScalars& sc, std::int64_t begin,
-                  std::int64_t end) {
+                  std::int64_t end, const float* __restrict grad) {
   OptimizerHyper hyper = d.hyper;
   hyper.kind = K;
   float* __restrict const master = d.master;
-  const float* __restrict const grad = d.grad;
   float* __restrict const s0 = d.state[0];
   float* __restrict const s1 = d.state[1];
   float* __restrict const s2 = d.state[2];
@@ -35,7 +35,7 @@ void update_chunk(const OptimizerDesc& d, const OptimizerStepScalars& sc, std::i
     if constexpr (Slots > 1) s[1] = s1[i];
     if constexpr (Slots > 2) s[2] = s2[i];
     float p = master[i];
-    optimizer_update_element(hyper, scalars, p, grad[i], s);
+    optimizer_update_element(hyper, scalars, p, grad[i - begin], s);
     master[i] = p;
     if constexpr (Slots > 0) s0[i] = s[0];
     if constexpr (Slots > 1) s1[i] = s[1];
@@ -44,17 +44,27 @@ void update_chunk(const OptimizerDesc& d, const OptimizerStepScalars& sc, std::i
 }
 
 // Chunks in parallel; each chunk's working copy is rounded in bulk right after its update.
+// Low-precision gradients are widened a chunk at a time.
 template <Optimizer K, int Slots, typename W>
 void update_range(const OptimizerDesc& d, const OptimizerStepScalars& sc, W* working) {
   const std::int64_t count = d.count;
   constexpr std::int64_t kChunk = 2048;
   const std::int64_t chunks = (count + kChunk - 1) / kChunk;
   // Small ranges cost more to fork threads for than to update.
-#pragma omp parallel for schedule(static) if (count >= 65536)
-  for (std::int64_t c = 0; c < chunks; ++c) {
-    const std::int64_t begin = c * kChunk, end = std::min(count, begin + kChunk);
-    update_chunk<K, Slots>(d, sc, begin, end);
-    if constexpr (!std::is_void_v<W>) cpu::narrow(d.master + begin, working + begin, end - begin);
+#pragma omp parallel if (count >= 65536)
+  {
+    float tmp[kChunk];
+#pragma omp for schedule(static)
+    for (std::int64_t c = 0; c < chunks; ++c) {
+      const std::int64_t begin = c * kChunk, end = std::min(count, begin + kChunk);
+      cpu::for_each_grad_piece(d.grad, begin, end, tmp,
+                               [&](std::int64_t b, std::int64_t e, const float* g) {
+                                 update_chunk<K, Slots>(d, sc, b, e, g);
+                               });
+      if constexpr (!std::is_void_v<W>) {
+        cpu::narrow(d.master + begin, working + begin, end - begin);
+      }
+    }
   }
 }
 

@@ -52,6 +52,9 @@ CudaBackend::CudaBackend() {
     MIXTRAIN_CUDA_CHECK(cudaGetDevice(&device_));
     MIXTRAIN_CUDA_CHECK(
         cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device_));
+    int l2 = 0;
+    MIXTRAIN_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device_));
+    l2_bytes_ = static_cast<std::size_t>(std::max(l2, 0));
     MIXTRAIN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     MIXTRAIN_CUBLAS_CHECK(cublasLtCreate(&lt_));
     workspace_bytes_ = kWorkspaceBytes;

@@ -85,6 +85,8 @@ class CudaBackend final : public Backend {
 
   void gemm(const GemmDesc& desc) override;
   void bias_grad(CBuf dy, Buf db, std::int64_t rows, std::int64_t cols, bool accumulate) override;
+  void activation_backward_bias_grad(Activation act, float alpha, CBuf x, CBuf y, CBuf dy, Buf dx,
+                                     Buf db, std::int64_t rows, std::int64_t cols) override;
 
   // Convolution through cuDNN (cuda_conv.cpp); batch-norm and pooling kernels (cuda_norm.cu,
   // cuda_pool.cu).
@@ -117,7 +119,7 @@ class CudaBackend final : public Backend {
 
   void loss(const LossDesc& desc) override;
 
-  void check_gradients(const float* grad, std::int64_t count, StepControl* control) override;
+  void check_gradients(const GradRanges& grad, std::int64_t count, StepControl* control) override;
   void optimizer_step(const OptimizerDesc& desc) override;
   // One launch: the optimizer kernel's last block runs the finish.
   void optimizer_step_and_finish(const OptimizerDesc& desc, StepControl* control,
@@ -176,6 +178,7 @@ class CudaBackend final : public Backend {
 
   int device_ = 0;
   int sm_count_ = 1;
+  std::size_t l2_bytes_ = 0;  // L2 cache size (GEMM autotuning overwrites it between launches)
   cudaStream_t stream_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
   void* workspace_ = nullptr;
@@ -191,7 +194,10 @@ class CudaBackend final : public Backend {
   static constexpr int kCounterFinish = 2;  // optimizer_kernel with the finish
   static constexpr int kCounterNorm = 3;    // batch norm: kNormCounters, one per grid column
   static constexpr int kNormCounters = 32;
-  static constexpr int kCounters = 64;
+  // activation_backward_bias_grad: one per column tile.
+  static constexpr int kCounterActBiasGrad = kCounterNorm + kNormCounters;
+  static constexpr int kActBiasGradCounters = 128;
+  static constexpr int kCounters = kCounterActBiasGrad + kActBiasGradCounters;
 
   std::unordered_map<void*, std::size_t> allocations_;
   std::size_t in_use_ = 0;

@@ -371,11 +371,13 @@ void CudaBackend::conv2d_backward_data(const ConvDesc& d, CBuf dy, CBuf w, Buf d
 
 void CudaBackend::conv2d_backward_filter(const ConvDesc& d, CBuf x, CBuf dy, Buf dw, Buf db) {
   require_same(x.dtype, dy.dtype, "conv2d backward");
-  if (dw.dtype != DType::F32 || (db && db.dtype != DType::F32)) {
-    throw Error("internal: conv2d weight and bias gradients on the cuda backend are f32");
+  if ((dw.dtype != DType::F32 && dw.dtype != x.dtype) || (db && db.dtype != DType::F32)) {
+    throw Error(
+        "internal: conv2d weight gradients on the cuda backend are f32 or the tensor dtype, bias "
+        "gradients f32");
   }
   ConvPlan& p = conv_plan(d, x.dtype);
-  const bool widen = x.dtype != DType::F32;  // cuDNN writes dw in the tensor dtype
+  const bool widen = dw.dtype != x.dtype;  // cuDNN writes dw in the tensor dtype
   choose(p.backward_filter, device_, kBackwardFilter, p.key, capturing_, [&] {
     return search<cudnnConvolutionBwdFilterAlgoPerf_t, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT>(
         p, p.w_bytes, "backward-filter", d,

@@ -6,6 +6,7 @@
 #include "backends/cuda/cuda_backend.hpp"
 #include "backends/cuda/cuda_check.hpp"
 #include "backends/cuda/cuda_common.cuh"
+#include "ops/activation_math.hpp"
 
 namespace mixtrain::cuda {
 
@@ -96,7 +97,130 @@ __global__ void bias_grad_combine_kernel(const float* __restrict__ partial, std:
   }
 }
 
+// activation_backward and bias_grad in one pass. Block (32, 8): threadIdx.x picks V consecutive
+// columns (one 16-byte pack when V > 1), threadIdx.y a row phase of the block's chunk of rows.
+// Each thread computes dx = dy * act'(x, y), stores it rounded to T and sums the stored values
+// (the bias gradient of the rounded dx, as bias_grad reads it); the 8 phase sums are added in
+// order into partial[chunk][cols]. The last block of each column tile to finish (a completion
+// counter per tile, as last_block_done) adds that tile's chunks in order into db. No __restrict__
+// on x and dx: dx may be x (each element is read, then written, by one thread).
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads)
+    act_backward_bias_grad_kernel(Activation act, float alpha, const T* x, const T* y,
+                                  const T* __restrict__ dy, T* dx, std::int64_t rows,
+                                  std::int64_t cols, std::int64_t rows_per_chunk,
+                                  float* __restrict__ partial, float* __restrict__ db,
+                                  unsigned int* __restrict__ counters) {
+  __shared__ float sums[kRowPhases][kColTile * V + 1];
+  __shared__ int is_last;
+  const std::int64_t c0 = (static_cast<std::int64_t>(blockIdx.x) * kColTile + threadIdx.x) * V;
+  const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.y) * rows_per_chunk;
+  const std::int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
+  float acc[V] = {};
+  if (c0 < cols) {
+    for (std::int64_t r = r0 + threadIdx.y; r < r1; r += kRowPhases) {
+      const std::int64_t i = r * cols + c0;
+      float xv[V], yv[V], gv[V], out[V];
+      load_pack<V>(x + i, xv);
+      load_pack<V>(y + i, yv);
+      load_pack<V>(dy + i, gv);
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        out[j] =
+            Dev<T>::load(Dev<T>::store(gv[j] * activation_derivative(act, alpha, xv[j], yv[j])));
+        acc[j] += out[j];
+      }
+      store_pack<V>(dx + i, out);  // exact: the values are already rounded to T
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < V; ++j) sums[threadIdx.y][threadIdx.x * V + j] = acc[j];
+  __syncthreads();
+  const int flat = static_cast<int>(threadIdx.y * kColTile + threadIdx.x);
+  const std::int64_t tile0 = static_cast<std::int64_t>(blockIdx.x) * kColTile * V;
+  for (int k = flat; k < kColTile * V; k += kThreads) {
+    if (tile0 + k >= cols) continue;
+    float total = 0.0f;
+    for (int p = 0; p < kRowPhases; ++p) total += sums[p][k];
+    partial[static_cast<std::int64_t>(blockIdx.y) * cols + tile0 + k] = total;
+  }
+  __syncthreads();
+  if (flat == 0) {
+    __threadfence();
+    const unsigned int ticket = atomicAdd(counters + blockIdx.x, 1u);
+    is_last = ticket == gridDim.y - 1 ? 1 : 0;
+    if (is_last != 0) atomicExch(counters + blockIdx.x, 0u);
+  }
+  __syncthreads();
+  if (is_last == 0) return;
+  __threadfence();
+  for (int k = flat; k < kColTile * V; k += kThreads) {
+    if (tile0 + k >= cols) continue;
+    float total = 0.0f;
+    const float* column = partial + tile0 + k;
+    // Loads issued 8 at a time (the sum stays in chunk order).
+    const std::int64_t chunks = gridDim.y;
+    std::int64_t ch = 0;
+    for (; ch + 8 <= chunks; ch += 8) {
+      float v[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) v[u] = __ldcg(column + (ch + u) * cols);
+#pragma unroll
+      for (int u = 0; u < 8; ++u) total += v[u];
+    }
+    for (; ch < chunks; ++ch) total += __ldcg(column + ch * cols);
+    db[tile0 + k] = total;
+  }
+}
+
 }  // namespace
+
+void CudaBackend::activation_backward_bias_grad(Activation act, float alpha, CBuf x, CBuf y,
+                                                CBuf dy, Buf dx, Buf db, std::int64_t rows,
+                                                std::int64_t cols) {
+  require_same(x.dtype, dx.dtype, "activation_backward_bias_grad");
+  require_same(y.dtype, dx.dtype, "activation_backward_bias_grad");
+  require_same(dy.dtype, dx.dtype, "activation_backward_bias_grad");
+  if (db.dtype != DType::F32) {
+    throw Error(
+        "internal: activation_backward_bias_grad on the cuda backend writes an f32 bias "
+        "gradient, not " +
+        std::string(dtype_name(db.dtype)));
+  }
+  dispatch_float(dx.dtype, "activation_backward_bias_grad", [&](auto t) {
+    using T = decltype(t);
+    if (planning() || cols <= 0) return;
+    if (rows <= 0) {
+      fill(db, cols, 0.0f);
+      return;
+    }
+    constexpr int kPack = static_cast<int>(16 / sizeof(T));
+    const bool vector = cols % kPack == 0 && aligned_to(x.ptr, 16) && aligned_to(y.ptr, 16) &&
+                        aligned_to(dy.ptr, 16) && aligned_to(dx.ptr, 16);
+    const std::int64_t tile_cols = kColTile * (vector ? kPack : 1);
+    const std::int64_t tiles = (cols + tile_cols - 1) / tile_cols;
+    // Chunks of rows/16 rows (8 to 256, a multiple of the 8 row phases): a function of the shape
+    // only, so the summation order is fixed; their partial sums must fit the scratch.
+    std::int64_t per_chunk = std::clamp<std::int64_t>((rows + 15) / 16, 8, 256);
+    per_chunk = (per_chunk + kRowPhases - 1) / kRowPhases * kRowPhases;
+    const std::int64_t chunks = (rows + per_chunk - 1) / per_chunk;
+    if (tiles > kActBiasGradCounters || chunks > 65535 ||
+        static_cast<std::size_t>(chunks * cols) * sizeof(float) > scratch_bytes_) {
+      Backend::activation_backward_bias_grad(act, alpha, x, y, dy, dx, db, rows, cols);
+      return;
+    }
+    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(chunks));
+    const dim3 block(kColTile, kRowPhases);
+    with_pack<T>(vector, [&](auto v) {
+      act_backward_bias_grad_kernel<T, decltype(v)::value><<<grid, block, 0, stream_>>>(
+          act, alpha, static_cast<const T*>(x.ptr), static_cast<const T*>(y.ptr),
+          static_cast<const T*>(dy.ptr), static_cast<T*>(dx.ptr), rows, cols, per_chunk,
+          static_cast<float*>(scratch_), static_cast<float*>(db.ptr),
+          step_counters_ + kCounterActBiasGrad);
+    });
+    MIXTRAIN_CUDA_LAUNCH_CHECK("act_backward_bias_grad_kernel");
+  });
+}
 
 void CudaBackend::softmax_forward(CBuf x, Buf y, std::int64_t rows, std::int64_t cols) {
   require_same(x.dtype, y.dtype, "softmax_forward");
