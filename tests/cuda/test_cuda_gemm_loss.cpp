@@ -20,6 +20,7 @@ struct GemmCase {
   float alpha = 1.0f, beta = 0.0f;
   std::int64_t batch = 1;
   bool tf32 = false;
+  Activation epilogue = Activation::Identity;  // Identity or ReLU here
 
   std::string str() const {
     return "ta=" + std::to_string(ta) + " tb=" + std::to_string(tb) + " m=" + std::to_string(m) +
@@ -27,7 +28,8 @@ struct GemmCase {
            " ab=" + std::string(dtype_name(ab)) + " c=" + std::string(dtype_name(c)) +
            (bias ? " bias=" + std::string(dtype_name(bias_dtype)) : "") +
            " alpha=" + std::to_string(alpha) + " beta=" + std::to_string(beta) +
-           " batch=" + std::to_string(batch) + (tf32 ? " tf32" : "");
+           " batch=" + std::to_string(batch) + (tf32 ? " tf32" : "") +
+           (epilogue == Activation::ReLU ? " relu" : "");
   }
 };
 
@@ -74,6 +76,7 @@ class GemmTest : public CudaVsCpu {
     d.stride_b = sb;
     d.stride_c = sc;
     d.allow_tf32 = g.tf32;
+    d.epilogue = g.epilogue;  // relu(z) is within the error bound of z below
     GemmDesc dc = d, dg = d;
     dc.a = a.cpu();
     dc.b = b.cpu();
@@ -136,6 +139,50 @@ TEST_F(GemmTest, AllTransposeCombinationsEveryDtype) {
         g.n = 20 + uniform_int(0, 20);
         g.k = 40 + uniform_int(0, 30);
         run(g);
+      }
+    }
+  }
+}
+
+// A dimension of at most 16: the forward of a dense layer with few units (n, cuBLASLt) and its
+// input gradient (k: the CUDA backend's own kernel, cuda_skinny_gemm.cu; its rows in groups of 8,
+// so 40 rows make a partial group).
+TEST_F(GemmTest, SkinnyProductsEveryDtype) {
+  for (DType t : float_dtypes()) {
+    for (DType out : {t, DType::F32}) {
+      for (std::int64_t pad : {0, 3}) {
+        for (std::int64_t n : {1, 10, 16}) {
+          for (std::int64_t k : {37, 256}) {
+            GemmCase g;
+            g.ab = t;
+            g.c = out;
+            g.tb = true;
+            g.m = 50;
+            g.n = n;
+            g.k = k;
+            g.pad = pad;
+            run(g);
+            g.bias = true;
+            g.bias_dtype = out == DType::F32 ? DType::F32 : (k == 37 ? DType::F32 : t);
+            g.epilogue = Activation::ReLU;
+            run(g);
+          }
+        }
+        for (std::int64_t k : {1, 10, 16}) {
+          for (std::int64_t n : {37, 512}) {
+            for (float beta : {0.0f, 1.0f}) {
+              GemmCase g;
+              g.ab = t;
+              g.c = out;
+              g.m = 40;
+              g.n = n;
+              g.k = k;
+              g.pad = pad;
+              g.beta = beta;
+              run(g);
+            }
+          }
+        }
       }
     }
   }

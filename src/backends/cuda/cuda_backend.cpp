@@ -78,6 +78,8 @@ CudaBackend::CudaBackend() {
   fused_epilogues_ = !(epilogues != nullptr && std::strcmp(epilogues, "0") == 0);
   const char* autotune = std::getenv("MIXTRAIN_GEMM_AUTOTUNE");
   gemm_autotune_ = !(autotune != nullptr && std::strcmp(autotune, "0") == 0);
+  const char* skinny = std::getenv("MIXTRAIN_CUDA_SKINNY_GEMM");
+  skinny_gemms_ = !(skinny != nullptr && std::strcmp(skinny, "0") == 0);
 }
 
 CudaBackend::~CudaBackend() {

@@ -148,6 +148,9 @@ class CudaBackend final : public Backend {
 
   // The cached plan of a GEMM: the most fused epilogue cuBLASLt has an algorithm for.
   GemmPlan& gemm_plan(const GemmDesc& d);
+  // Runs d with the kernels of cuda_skinny_gemm.cu when it is a product they cover (a dimension
+  // of at most 16); returns false, having done nothing, otherwise.
+  bool skinny_gemm(const GemmDesc& d);
   // Times the heuristic's candidates for a new plan on scratch operands and returns the index
   // of the one to keep (cuda_gemm.cpp). Allocates and synchronises: never during a capture.
   int gemm_autotune(GemmPlan& plan, const GemmDesc& d,
@@ -215,6 +218,9 @@ class CudaBackend final : public Backend {
   bool fused_epilogues_ = true;
   // Time the heuristic's candidates when a GEMM plan is created outside a capture (cuda_gemm.cpp).
   bool gemm_autotune_ = true;
+  // Products with a dimension of at most 16 by our kernels (false when
+  // MIXTRAIN_CUDA_SKINNY_GEMM=0: cuBLASLt for every product, for A/B timing).
+  bool skinny_gemms_ = true;
   bool planning_ = false;
   bool capturing_ = false;
   std::unordered_map<std::string, cudaGraphExec_t> graphs_;

@@ -162,7 +162,7 @@ std::vector<Fusion> candidates(const GemmDesc& d, bool fused_epilogues) {
 constexpr int kHeuristicResults = 16;
 
 constexpr int kTuneWarmup = 2;
-constexpr int kTuneTimed = 5;
+constexpr int kTuneTimed = 7;  // the median launch is the candidate's time
 // Scratch operands larger than this in total are not allocated: the heuristic's pick is kept.
 constexpr std::size_t kTuneMaxScratchBytes = std::size_t{1} << 30;
 // Another candidate replaces the heuristic's pick only when it is faster by more than this
@@ -351,7 +351,7 @@ int CudaBackend::gemm_autotune(GemmPlan& plan, const GemmDesc& d,
   for (const int i : cands) {
     bool ok = true;
     for (int r = 0; r < kTuneWarmup && ok; ++r) ok = launch(i) == CUBLAS_STATUS_SUCCESS;
-    float total = 0.0f;
+    std::vector<float> times;
     for (int r = 0; r < kTuneTimed && ok; ++r) {
       flush_l2();
       MIXTRAIN_CUDA_CHECK(cudaEventRecord(scratch.start, stream_));
@@ -360,14 +360,15 @@ int CudaBackend::gemm_autotune(GemmPlan& plan, const GemmDesc& d,
       MIXTRAIN_CUDA_CHECK(cudaEventSynchronize(scratch.stop));
       float elapsed = 0.0f;
       MIXTRAIN_CUDA_CHECK(cudaEventElapsedTime(&elapsed, scratch.start, scratch.stop));
-      total += elapsed;
+      times.push_back(elapsed);
     }
     if (!ok) {  // a candidate cuBLASLt refuses to run: skipped
       (void)cudaGetLastError();
       MIXTRAIN_CUDA_CHECK(cudaStreamSynchronize(stream_));
       continue;
     }
-    ms[static_cast<std::size_t>(i)] = total;
+    std::nth_element(times.begin(), times.begin() + kTuneTimed / 2, times.end());
+    ms[static_cast<std::size_t>(i)] = times[kTuneTimed / 2];
   }
   MIXTRAIN_CUDA_CHECK(cudaStreamSynchronize(stream_));
   point(plan.bias_fused ? d.bias.ptr : plan.bgrad_fused ? d.bias_grad.ptr : nullptr, d.aux.ptr);
@@ -590,6 +591,7 @@ void CudaBackend::gemm(const GemmDesc& d) {
     if (d.bias_grad) separate_bias_grad();
     return;
   }
+  if (skinny_gemm(d)) return;
   GemmPlan& plan = gemm_plan(d);
   if (d.bias_grad && !plan.bgrad_fused) separate_bias_grad();  // validates in planning too
   if (planning()) return;

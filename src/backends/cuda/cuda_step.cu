@@ -132,12 +132,28 @@ struct FinishArgs {
 // registers), or kAnyKind for the generic kernel that reads it from the hyperparameters.
 constexpr int kAnyKind = -1;
 
+// State slots of kKind when they do not depend on its options (optimizer_state_slots), else -1:
+// with a constant count the unused slots' loads and stores compile away.
+__host__ __device__ constexpr int fixed_slots(int kind) {
+  switch (kind) {
+    case static_cast<int>(Optimizer::Adam):
+    case static_cast<int>(Optimizer::AdamW):
+    case static_cast<int>(Optimizer::Nadam):
+    case static_cast<int>(Optimizer::AdaDelta):
+      return 2;
+    case static_cast<int>(Optimizer::AdaGrad):
+      return 1;
+    default:
+      return -1;
+  }
+}
+
 // Elements [begin, end) of master and state, their gradients at grad[i - begin], one pack of kVec
 // per thread and iteration. The launch gives every pack its own thread when it can: measured on
 // an H200 (36.8M Adam parameters), a grid covering the array streams at memcpy speed (4.0 TB/s)
 // where a grid-stride loop over a capped grid reached 3.6-3.8 TB/s, and neither unrolling two
 // packs nor evict-first (.cs) loads and stores helped.
-template <typename W, typename G, int kVec>
+template <int kSlots, typename W, typename G, int kVec>
 __device__ __forceinline__ void optimizer_range(const OptimizerArgs& a, Optimizer kind,
                                                 const OptimizerStepScalars& sc, W* working,
                                                 const G* grad, std::int64_t begin,
@@ -145,6 +161,7 @@ __device__ __forceinline__ void optimizer_range(const OptimizerArgs& a, Optimize
   const std::int64_t tid = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   const std::int64_t packs = (end - begin) / kVec;
+  const int slots = kSlots >= 0 ? kSlots : a.slots;
   for (std::int64_t v = tid; v < packs; v += stride) {
     const std::int64_t i = begin + v * kVec;
     Pack<float, kVec> p = *reinterpret_cast<const Pack<float, kVec>*>(a.master + i);
@@ -152,25 +169,25 @@ __device__ __forceinline__ void optimizer_range(const OptimizerArgs& a, Optimize
     Pack<float, kVec> s[kMaxOptimizerSlots];
 #pragma unroll
     for (int k = 0; k < kMaxOptimizerSlots; ++k) {
-      if (k < a.slots) s[k] = *reinterpret_cast<const Pack<float, kVec>*>(a.state[k] + i);
+      if (k < slots) s[k] = *reinterpret_cast<const Pack<float, kVec>*>(a.state[k] + i);
     }
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
       float st_j[kMaxOptimizerSlots] = {};
 #pragma unroll
       for (int k = 0; k < kMaxOptimizerSlots; ++k) {
-        if (k < a.slots) st_j[k] = s[k].v[j];
+        if (k < slots) st_j[k] = s[k].v[j];
       }
       optimizer_update_element(a.hyper, kind, sc, p.v[j], Dev<G>::load(g.v[j]), st_j);
 #pragma unroll
       for (int k = 0; k < kMaxOptimizerSlots; ++k) {
-        if (k < a.slots) s[k].v[j] = st_j[k];
+        if (k < slots) s[k].v[j] = st_j[k];
       }
     }
     *reinterpret_cast<Pack<float, kVec>*>(a.master + i) = p;
 #pragma unroll
     for (int k = 0; k < kMaxOptimizerSlots; ++k) {
-      if (k < a.slots) *reinterpret_cast<Pack<float, kVec>*>(a.state[k] + i) = s[k];
+      if (k < slots) *reinterpret_cast<Pack<float, kVec>*>(a.state[k] + i) = s[k];
     }
     if constexpr (!std::is_same_v<W, NoWorking>) store_pack<kVec>(working + i, p.v);
   }
@@ -179,14 +196,14 @@ __device__ __forceinline__ void optimizer_range(const OptimizerArgs& a, Optimize
     float st_i[kMaxOptimizerSlots] = {};
 #pragma unroll
     for (int k = 0; k < kMaxOptimizerSlots; ++k) {
-      if (k < a.slots) st_i[k] = a.state[k][i];
+      if (k < slots) st_i[k] = a.state[k][i];
     }
     float p = a.master[i];
     optimizer_update_element(a.hyper, kind, sc, p, Dev<G>::load(grad[i - begin]), st_i);
     a.master[i] = p;
 #pragma unroll
     for (int k = 0; k < kMaxOptimizerSlots; ++k) {
-      if (k < a.slots) a.state[k][i] = st_i[k];
+      if (k < slots) a.state[k][i] = st_i[k];
     }
     if constexpr (!std::is_same_v<W, NoWorking>) st(working, i, p);
   }
@@ -206,9 +223,10 @@ __global__ void __launch_bounds__(kThreads)
     grad_factor *= c.inv_scale;  // the gradients are still scaled
     const OptimizerStepScalars sc = optimizer_step_scalars(a.hyper, c.learning_rate, grad_factor,
                                                            c.optimizer_steps, c.optimizer_scalar);
-    optimizer_range<W, G, kVec>(a, kind, sc, working, static_cast<const G*>(a.lowp), 0,
-                                a.lowp_count);
-    optimizer_range<W, float, kVec>(a, kind, sc, working, a.f32, a.lowp_count, a.count);
+    constexpr int kSlots = fixed_slots(kKind);
+    optimizer_range<kSlots, W, G, kVec>(a, kind, sc, working, static_cast<const G*>(a.lowp), 0,
+                                        a.lowp_count);
+    optimizer_range<kSlots, W, float, kVec>(a, kind, sc, working, a.f32, a.lowp_count, a.count);
   }
   // Every block counts in, skipped steps included: the finish runs either way.
   if (finish.control != nullptr && last_block_done(finish.counter) && threadIdx.x == 0) {
