@@ -342,21 +342,24 @@ TEST(Trainer, DeviceBatchesTrainLikeHostBatches) {
   const Blobs data = make_blobs(128, 8, 3, 16);
   TrainerConfig c = cpu_config(Precision::FP16);
   Trainer host(mlp(32, 8, 3, 0.2f), c), device(mlp(32, 8, 3, 0.2f), c);
+  // 20 stored batches (the data's 4, five times): the first 16 are read in place, the others
+  // copied into the plan's buffers; steps 6 and later use the copied ones.
   std::vector<DeviceBatch> batches;
-  for (int b = 0; b < 4; ++b) {
-    batches.push_back(
-        device.upload_batch(data.x.data() + b * 32 * 8, {32, 8}, data.y.data() + b * 32, {32}));
+  for (int b = 0; b < 20; ++b) {
+    batches.push_back(device.upload_batch(data.x.data() + (b % 4) * 32 * 8, {32, 8},
+                                          data.y.data() + (b % 4) * 32, {32}));
   }
   EXPECT_EQ(device.stats().steps, 0);  // uploading trains nothing
   for (int s = 0; s < 12; ++s) {
     const float a = host.train_batch(data.x.data() + (s % 4) * 32 * 8, {32, 8},
                                      data.y.data() + (s % 4) * 32, {32})
                         .loss();
-    const float b = device.train_batch(batches[static_cast<std::size_t>(s % 4)]).loss();
+    const std::size_t stored = static_cast<std::size_t>(s % 4 + (s >= 6 ? 16 : 0));
+    const float b = device.train_batch(batches[stored]).loss();
     EXPECT_EQ(a, b) << "step " << s;
   }
   EXPECT_EQ(host.weights(), device.weights());
-  EXPECT_THROW(device.train_batch(DeviceBatch{9, 32}), ConfigError);
+  EXPECT_THROW(device.train_batch(DeviceBatch{29, 32}), ConfigError);
   EXPECT_THROW(device.upload_batch(data.x.data(), {32, 8}, data.y.data(), {31}), ShapeError);
 }
 

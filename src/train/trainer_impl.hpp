@@ -64,7 +64,9 @@ struct Trainer::Impl {
   void forward(std::int64_t n, bool training);
   void backward(std::int64_t n);
   void run_loss(std::int64_t n, bool with_gradient, float* out);
-  StepResult step(Trainer* owner, std::int64_t n);
+  // Runs one training step on the batch in plan->input and the labels or targets; `key` names
+  // the captured step (one per batch size, and per stored batch: see train_batch(DeviceBatch)).
+  StepResult step(Trainer* owner, std::int64_t n, const std::string& key);
   // Reads the step history back (one sync) and raises DivergenceError when training diverged.
   void drain();
   void check_divergence() const;

@@ -224,6 +224,7 @@ class FusedGemm : public CudaVsCpu {
         weight_grad(g, t, which, 256, 512, 64);  // small_mlp's second layer, batch 64
         weight_grad(g, t, which, 48, 72, 300);   // more than one chunk of rows to sum
         weight_grad(g, t, which, 37, 29, 53 + uniform_int(0, 3));
+        weight_grad(g, t, which, 10, 4096, 512);  // large_mlp's head: 10 units, batch 512
       }
     }
   }

@@ -144,9 +144,9 @@ TEST_F(GemmTest, AllTransposeCombinationsEveryDtype) {
   }
 }
 
-// A dimension of at most 16: the forward of a dense layer with few units (n, cuBLASLt) and its
-// input gradient (k: the CUDA backend's own kernel, cuda_skinny_gemm.cu; its rows in groups of 8,
-// so 40 rows make a partial group).
+// A dimension of at most 16: the forward (n) and weight gradient (m) of a dense layer with few
+// units (cuBLASLt) and its input gradient (k: the CUDA backend's own kernel, cuda_skinny_gemm.cu;
+// its rows in groups of 8, so 40 rows make a partial group).
 TEST_F(GemmTest, SkinnyProductsEveryDtype) {
   for (DType t : float_dtypes()) {
     for (DType out : {t, DType::F32}) {
@@ -165,6 +165,19 @@ TEST_F(GemmTest, SkinnyProductsEveryDtype) {
             g.bias = true;
             g.bias_dtype = out == DType::F32 ? DType::F32 : (k == 37 ? DType::F32 : t);
             g.epilogue = Activation::ReLU;
+            run(g);
+          }
+        }
+        for (std::int64_t m : {1, 10, 16}) {  // the weight gradient of a few-unit layer (cuBLASLt)
+          for (std::int64_t k : {64, 600}) {
+            GemmCase g;
+            g.ab = t;
+            g.c = out;
+            g.ta = true;
+            g.m = m;
+            g.n = 100;
+            g.k = k;
+            g.pad = pad;
             run(g);
           }
         }

@@ -62,6 +62,7 @@ CudaBackend::CudaBackend() {
     scratch_bytes_ = kScratchBytes;
     scratch_ = alloc(scratch_bytes_);
     step_counters_ = static_cast<unsigned int*>(alloc(kCounters * sizeof(unsigned int)));
+    prepared_step_ = alloc(kPreparedStepBytes);
     MIXTRAIN_CUDA_CHECK(
         cudaMemsetAsync(step_counters_, 0, kCounters * sizeof(unsigned int), stream_));
     void* ring = nullptr;
@@ -102,6 +103,7 @@ void CudaBackend::release() noexcept {
   workspace_ = nullptr;
   scratch_ = nullptr;
   step_counters_ = nullptr;
+  prepared_step_ = nullptr;
   if (ring_ != nullptr) (void)cudaFreeHost(ring_);
   ring_ = nullptr;
   if (lt_ != nullptr) (void)cublasLtDestroy(lt_);

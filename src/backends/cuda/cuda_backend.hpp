@@ -148,6 +148,9 @@ class CudaBackend final : public Backend {
 
   // The cached plan of a GEMM: the most fused epilogue cuBLASLt has an algorithm for.
   GemmPlan& gemm_plan(const GemmDesc& d);
+  // Reads bytes (16-byte aligned) of device memory on the stream: leaves the L2 cache holding
+  // clean lines of p (GEMM autotuning, before each timed launch).
+  void read_through(const void* p, std::size_t bytes);
   // Runs d with the kernels of cuda_skinny_gemm.cu when it is a product they cover (a dimension
   // of at most 16); returns false, having done nothing, otherwise.
   bool skinny_gemm(const GemmDesc& d);
@@ -192,6 +195,9 @@ class CudaBackend final : public Backend {
   // Zero-initialised completion counters of the kernels whose last block finishes a reduction
   // (last_block_done in cuda_common.cuh); each is back at zero after its kernel.
   unsigned int* step_counters_ = nullptr;
+  // The optimizer pass's per-step values for large grids (cuda_step.cu: PreparedStep).
+  void* prepared_step_ = nullptr;
+  static constexpr std::size_t kPreparedStepBytes = 128;
   static constexpr int kCounterCheck = 0;   // unscale_kernel
   static constexpr int kCounterLoss = 1;    // the loss kernels
   static constexpr int kCounterFinish = 2;  // optimizer_kernel with the finish
