@@ -234,12 +234,18 @@ __device__ __forceinline__ OptimizerStepScalars step_scalars(const OptimizerHype
                                 c.optimizer_scalar);
 }
 
-// One thread: the PreparedStep the optimizer pass of a large grid reads.
+// One thread: the PreparedStep the optimizer pass of a large grid reads, then (with a finish) the
+// end of the step. The finish reads nothing the optimizer writes and the optimizer, given the
+// PreparedStep, reads nothing of the control block, so the finish may come first: one launch
+// less than prepare, optimizer, finish.
 __global__ void prepare_step_kernel(OptimizerHyper hyper, float max_grad_norm,
-                                    const StepControl* __restrict__ control,
-                                    PreparedStep* __restrict__ out) {
+                                    const StepControl* control, PreparedStep* __restrict__ out,
+                                    FinishArgs finish) {
   out->skip = control->found_inf != 0.0f ? 1 : 0;
   if (out->skip == 0) out->sc = step_scalars(hyper, max_grad_norm, *control);
+  if (finish.control != nullptr) {
+    finish_step_math(*finish.control, finish.params, hyper, finish.history);
+  }
 }
 
 template <int kKind, typename W, typename G, int kVec>
@@ -431,16 +437,16 @@ void CudaBackend::launch_optimizer_pass(const OptimizerDesc& d, StepControl* fin
   // A thread per pack (see optimizer_range), up to 2^30 blocks; the loop covers the rest.
   constexpr unsigned cap = 1u << 30;
   // A large grid (more blocks than kLargeGrid) gets the per-step values from prepare_step_kernel,
-  // and its finish as a launch of its own: tens of thousands of blocks would queue as many
-  // atomics on one counter (36k blocks cost ~70 us on large_mlp). A small grid computes them in
-  // each warp and lets its last block finish: one launch, which is what a small model's step
-  // time is made of.
+  // which also runs the finish: tens of thousands of blocks counting in for the finish would
+  // queue as many atomics on one counter (36k blocks cost ~70 us on large_mlp). A small grid
+  // computes them in each warp and lets its last block finish: one launch, which is what a small
+  // model's step time is made of.
   constexpr std::int64_t kLargeGrid = 4096;
   const std::int64_t packs = (d.count + 3) / 4;
   const bool large = (packs + kThreads - 1) / kThreads > kLargeGrid;
   if (large) {
     prepare_step_kernel<<<1, 1, 0, stream_>>>(d.hyper, d.max_grad_norm, d.control,
-                                              static_cast<PreparedStep*>(prepared_step_));
+                                              static_cast<PreparedStep*>(prepared_step_), finish);
     MIXTRAIN_CUDA_LAUNCH_CHECK("prepare_step_kernel");
     a.prepared = static_cast<const PreparedStep*>(prepared_step_);
   }
@@ -452,10 +458,6 @@ void CudaBackend::launch_optimizer_pass(const OptimizerDesc& d, StepControl* fin
       using W = decltype(t);
       launch_optimizer(a, static_cast<W*>(d.working.ptr), fused, cap, stream_);
     });
-  }
-  if (large && finish_control != nullptr) {
-    finish_step_kernel<<<1, 1, 0, stream_>>>(finish_control, *params, d.hyper, history);
-    MIXTRAIN_CUDA_LAUNCH_CHECK("finish_step_kernel");
   }
 }
 
