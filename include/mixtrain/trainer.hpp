@@ -174,7 +174,9 @@ class Trainer {
 
   // Batches kept in device memory: upload once (validated and converted to the compute dtype),
   // then train on them with no host transfer (benchmarks, data sets that fit on the device).
-  // The memory lives as long as the trainer.
+  // The memory lives as long as the trainer. The first 16 stored batches are read where they
+  // lie (on CUDA each has a captured step of its own); later ones are copied into the trainer's
+  // input buffers first.
   DeviceBatch upload_batch(const float* inputs, const Shape& input_shape,
                            const std::int32_t* labels, const Shape& label_shape);
   DeviceBatch upload_batch(const float* inputs, const Shape& input_shape, const float* targets,
