@@ -151,16 +151,21 @@ TEST_F(GemmTest, SkinnyProductsEveryDtype) {
   for (DType t : float_dtypes()) {
     for (DType out : {t, DType::F32}) {
       for (std::int64_t pad : {0, 3}) {
-        for (std::int64_t n : {1, 10, 16}) {
+        const auto shape = [&](bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k) {
+          GemmCase g;
+          g.ab = t;
+          g.c = out;
+          g.ta = ta;
+          g.tb = tb;
+          g.m = m;
+          g.n = n;
+          g.k = k;
+          g.pad = pad;
+          return g;
+        };
+        for (std::int64_t n : {1, 10, 16}) {  // the forward (cuBLASLt)
           for (std::int64_t k : {37, 256}) {
-            GemmCase g;
-            g.ab = t;
-            g.c = out;
-            g.tb = true;
-            g.m = 50;
-            g.n = n;
-            g.k = k;
-            g.pad = pad;
+            GemmCase g = shape(false, true, 50, n, k);
             run(g);
             g.bias = true;
             g.bias_dtype = out == DType::F32 ? DType::F32 : (k == 37 ? DType::F32 : t);
@@ -168,29 +173,13 @@ TEST_F(GemmTest, SkinnyProductsEveryDtype) {
             run(g);
           }
         }
-        for (std::int64_t m : {1, 10, 16}) {  // the weight gradient of a few-unit layer (cuBLASLt)
-          for (std::int64_t k : {64, 600}) {
-            GemmCase g;
-            g.ab = t;
-            g.c = out;
-            g.ta = true;
-            g.m = m;
-            g.n = 100;
-            g.k = k;
-            g.pad = pad;
-            run(g);
-          }
+        for (std::int64_t m : {1, 10, 16}) {  // the weight gradient (cuBLASLt)
+          for (std::int64_t k : {64, 600}) run(shape(true, false, m, 100, k));
         }
-        for (std::int64_t k : {1, 10, 16}) {
+        for (std::int64_t k : {1, 10, 16}) {  // the input gradient (our kernel)
           for (std::int64_t n : {37, 512}) {
             for (float beta : {0.0f, 1.0f}) {
-              GemmCase g;
-              g.ab = t;
-              g.c = out;
-              g.m = 40;
-              g.n = n;
-              g.k = k;
-              g.pad = pad;
+              GemmCase g = shape(false, false, 40, n, k);
               g.beta = beta;
               run(g);
             }
