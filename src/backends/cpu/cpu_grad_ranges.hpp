@@ -4,9 +4,10 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <string>
+#include <type_traits>
 
 #include "backends/cpu/cpu_convert.hpp"
+#include "backends/cpu/cpu_dispatch.hpp"
 #include "mixtrain/error.hpp"
 #include "ops/backend.hpp"
 
@@ -20,23 +21,17 @@ void for_each_grad_piece(const GradRanges& g, std::int64_t begin, std::int64_t e
                          F&& f) {
   const std::int64_t split = std::clamp(g.lowp_count, begin, end);
   if (begin < split) {
-    const std::int64_t n = split - begin;
-    switch (g.lowp.dtype) {
-      case DType::F32:
+    dispatch_float(g.lowp.dtype, [&](auto t) {
+      using T = decltype(t);
+      if constexpr (std::is_same_v<T, float>) {
         f(begin, split, static_cast<const float*>(g.lowp.ptr) + begin);
-        break;
-      case DType::F16:
-        widen(static_cast<const f16*>(g.lowp.ptr) + begin, tmp, n);
+      } else if constexpr (std::is_same_v<T, double>) {
+        throw Error("internal: low-precision gradients must be f32, f16 or bf16, not f64");
+      } else {
+        widen(static_cast<const T*>(g.lowp.ptr) + begin, tmp, split - begin);
         f(begin, split, static_cast<const float*>(tmp));
-        break;
-      case DType::BF16:
-        widen(static_cast<const bf16*>(g.lowp.ptr) + begin, tmp, n);
-        f(begin, split, static_cast<const float*>(tmp));
-        break;
-      default:
-        throw Error("internal: low-precision gradients must be f32, f16 or bf16, not " +
-                    std::string(dtype_name(g.lowp.dtype)));
-    }
+      }
+    });
   }
   if (split < end) f(split, end, g.f32 + (split - g.lowp_count));
 }

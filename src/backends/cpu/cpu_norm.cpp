@@ -179,8 +179,12 @@ void CpuBackend::batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_mea
     const T* pyr = as<T>(relu_output.ptr);
     T* pdx = as<T>(dx.ptr);
     const std::vector<double> m = read_channels<double>(batch_mean, channels);
-    // dy of row r as A in gr (masked by the fused ReLU's output; `mask` is scratch for one row).
-    const auto load_dy = [&](std::int64_t r, A* gr, A* mask) {
+    // Row r as A: x in tmp[0, channels), dy in tmp[channels, 2 channels) (masked by the fused
+    // ReLU's output, read into tmp[2 channels, 3 channels)).
+    const auto load_row = [&](std::int64_t r, A* tmp) {
+      A* gr = tmp + channels;
+      A* mask = tmp + 2 * channels;
+      row_in(px + r * channels, tmp, channels);
       row_in(pdy + r * channels, gr, channels);
       if (pyr == nullptr) return;
       row_in(pyr + r * channels, mask, channels);
@@ -190,10 +194,9 @@ void CpuBackend::batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_mea
     // [sum dy | sum dy * xhat], in one pass.
     const std::vector<double> sums =
         channel_sums<A, 2>(rows, channels, [&](std::int64_t r, double* acc, A* tmp) {
-          A* xr = tmp;
-          A* gr = tmp + channels;
-          row_in(px + r * channels, xr, channels);
-          load_dy(r, gr, tmp + 2 * channels);
+          const A* xr = tmp;
+          const A* gr = tmp + channels;
+          load_row(r, tmp);
           for (std::int64_t c = 0; c < channels; ++c) {
             const auto k = static_cast<std::size_t>(c);
             const double g = gr[c];
@@ -219,10 +222,9 @@ void CpuBackend::batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_mea
       mdyx[c] = static_cast<A>(sum_dy_xhat[c] * inv_rows);
     }
     for_rows<A>(rows, channels, [&](std::int64_t r, A* tmp) {
-      A* xr = tmp;
+      const A* xr = tmp;
       A* gr = tmp + channels;
-      row_in(px + r * channels, xr, channels);
-      load_dy(r, gr, tmp + 2 * channels);
+      load_row(r, tmp);
       for (std::int64_t c = 0; c < channels; ++c) {
         const auto k = static_cast<std::size_t>(c);
         const A xhat = (xr[c] - mean_a[k]) * inv_a[k];
