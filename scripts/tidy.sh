@@ -7,10 +7,10 @@ cd "$(dirname "$0")/.."
 build=${1:-build}
 db="$build/compile_commands.json"
 [ -f "$db" ] || { echo "tidy: $db not found (configure the build first)" >&2; exit 2; }
-root=$(pwd)
+root=$(pwd -P)  # CMake records the physical path of the source tree
 files=$(grep -o '"file": "[^"]*"' "$db" | sed 's/"file": "//; s/"$//' |
   grep -E "^$root/(src|tools)/.*\.cpp$" | sort -u)
-# clang-tidy counts the diagnostics it suppressed in system headers on stderr: drop those lines.
 [ -n "$files" ] || { echo "tidy: no src/ or tools/ sources in $db" >&2; exit 2; }
+# clang-tidy counts the diagnostics it suppressed in system headers on stderr: drop those lines.
 echo "$files" | xargs -P "$(nproc)" -n 4 clang-tidy -p "$build" --quiet --warnings-as-errors='*' \
   2> >(grep -v 'warnings generated\.$' >&2)

@@ -25,7 +25,7 @@ int fuse(Graph& g) {
   }
   ++readers[static_cast<std::size_t>(g.output)];
 
-  // into[j] = the dense node that absorbs activation node j, or -1.
+  // into[j] = the dense or batch-norm node that absorbs activation node j, or -1.
   std::vector<int> into(count, -1);
   int fused = 0;
   for (std::size_t j = 0; j < count; ++j) {
@@ -52,7 +52,8 @@ int fuse(Graph& g) {
 
     std::vector<Shape> in_shapes;
     for (int src : node.inputs) in_shapes.push_back(g.shape_of(src));
-    // The activation keeps the shape; parameters and buffers are the first layer's, in its order.
+    // The activation keeps the shape; parameters are the first layer's, in its order; buffers
+    // are the fused layer's.
     merged->bind_shapes(in_shapes, node.shape);
     node.buffers = merged->buffers(in_shapes, g.max_batch);
     node.layer = std::move(merged);

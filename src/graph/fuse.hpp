@@ -14,9 +14,10 @@ bool fusion_enabled();
 // Merges each dense layer (without a fused activation yet) whose output is read by exactly one
 // layer, a relu or a tanh-approximated gelu, and is not the model output, with that activation,
 // and likewise each batch_norm with a relu: the first node becomes one fused node named
-// "<layer>+<activation>" (salt, parameters, parameter order and buffers unchanged) and the
-// activation node leaves Graph::nodes. Readers of the
-// activation, and spec.output, resolve to the fused node. Returns the number of fusions.
+// "<layer>+<activation>" (salt, parameters and parameter order unchanged; its buffers are the
+// fused layer's, a dense layer's pre-activation scratch among them) and the activation node leaves
+// Graph::nodes. Readers of the activation, and spec.output, resolve to the fused node. Returns the
+// number of fusions.
 int fuse(Graph& g);
 
 }  // namespace mixtrain::graph

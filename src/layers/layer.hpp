@@ -31,8 +31,8 @@ struct ParamDecl {
   // (batch-norm's gamma and beta: fp32 parameters with low-precision activations).
   bool keep_fp32 = false;
   // The gradient is a GEMM or convolution product (weight matrices, filters): in mixed precision
-  // it is stored in the compute dtype, as that product comes out (PyTorch's autocast does the
-  // same). Otherwise it is fp32 (biases, normalisation parameters: sums the layer keeps in fp32).
+  // it is stored in the compute dtype, as that product comes out (PyTorch's autocast computes it
+  // so, then widens it into an fp32 .grad). Otherwise it is fp32 (biases, normalisation parameters: sums the layer keeps in fp32).
   bool grad_in_compute_dtype = false;
 };
 

@@ -86,10 +86,11 @@ struct LossDesc {
 
 // The parameter gradients of a step, still scaled, in two ranges: the first lowp_count in
 // lowp.dtype (weight matrices and filters, stored in the compute dtype as the GEMM or convolution
-// produced them, the way PyTorch's autocast produces them: half the bytes to write, check and
-// read), the other count - lowp_count in fp32 (biases, normalisation parameters). lowp_count is a
-// multiple of 4 so that both ranges start 16-byte aligned when the first does. A plain fp32 array
-// converts to an all-fp32 GradRanges.
+// produced them: half the bytes to write, check and read), the other count - lowp_count in fp32
+// (biases, normalisation parameters). lowp_count is a multiple of 4 so that master, state and
+// working copy at element lowp_count stay 16-byte aligned when they are at element 0 (the CUDA
+// optimizer's 4-element packs run over both ranges). A plain fp32 array converts to an all-fp32
+// GradRanges.
 struct GradRanges {
   CBuf lowp;                    // [lowp_count], f16, bf16 or f32
   std::int64_t lowp_count = 0;  // a multiple of 4
@@ -280,7 +281,8 @@ class Backend {
   virtual void finish_step(StepControl* control, const ScalerParams& params,
                            const OptimizerHyper& hyper, StepRecord* history) = 0;
   // optimizer_step(desc), then finish_step(control, params, desc.hyper, history); control must be
-  // desc.control. A backend may run both in one pass (the CUDA backend: one kernel launch).
+  // desc.control. A backend may run both together (the CUDA backend: one launch, or for more
+  // than 4096 blocks a one-thread launch with the finish, then the pass).
   virtual void optimizer_step_and_finish(const OptimizerDesc& desc, StepControl* control,
                                          const ScalerParams& params, StepRecord* history) {
     optimizer_step(desc);

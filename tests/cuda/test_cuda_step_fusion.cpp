@@ -162,7 +162,7 @@ TEST_F(StepFusion, OptimizerAndFinishInOneLaunchEqualsTheTwoOps) {
   kinds[3].rmsprop.momentum = 0.5f;
   for (const OptimizerHyper& h : kinds) {
     // 4.2M parameters: more than 4096 blocks, the large-grid path (per-step values from
-    // prepare_step_kernel, the finish as a launch of its own); Adam only, to keep the test short.
+    // prepare_step_kernel, which also runs the finish); Adam only, to keep the test short.
     for (std::int64_t n : {0, 7, 100001, 4200000}) {
       if (n == 4200000 && h.kind != Optimizer::Adam) continue;
       for (bool graph : {false, true}) {

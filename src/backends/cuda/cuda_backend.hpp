@@ -121,7 +121,8 @@ class CudaBackend final : public Backend {
 
   void check_gradients(const GradRanges& grad, std::int64_t count, StepControl* control) override;
   void optimizer_step(const OptimizerDesc& desc) override;
-  // One launch: the optimizer kernel's last block runs the finish.
+  // One launch whose last block runs the finish; for a grid over 4096 blocks the finish runs in
+  // prepare_step_kernel before the pass (cuda_step.cu).
   void optimizer_step_and_finish(const OptimizerDesc& desc, StepControl* control,
                                  const ScalerParams& params, StepRecord* history) override;
   void finish_step(StepControl* control, const ScalerParams& params, const OptimizerHyper& hyper,

@@ -2,7 +2,8 @@
 // of the unscaled values; one launch whose last block combines the partials in a fixed order),
 // the optimizer pass (reads found_inf and the norm from the control block, unscales as it reads,
 // updates master weights and state and writes the working copy in one pass), and the scaler
-// update (in the optimizer's last block, or one thread alone). The update rules are the shared
+// update (in the optimizer's last block, in prepare_step_kernel for large grids, or one thread
+// alone). The update rules are the shared
 // ones of train/optimizer_math.hpp and train/scaler_math.hpp, so the arithmetic is that of the
 // CPU backend.
 #include <algorithm>
@@ -129,8 +130,9 @@ struct OptimizerArgs {
   const PreparedStep* prepared;  // written by prepare_step_kernel just before
 };
 
-// The end of the step fused into the optimizer pass: the last block runs finish_step_math once
-// every block has read the control block and written its elements.
+// The end of the step: fused into the optimizer pass of a small grid (the last block runs
+// finish_step_math once every block has read the control block and written its elements), or
+// run by prepare_step_kernel (counter unused there).
 struct FinishArgs {
   StepControl* control = nullptr;  // null: no finish in this launch
   ScalerParams params{};
