@@ -40,18 +40,19 @@ struct Params {
   Params(const Params&) = delete;
   Params& operator=(const Params&) = delete;
 
-  // Runs the optimizer pass over the vectors as they are now (tests reassign them).
-  void apply() {
+  // Runs the optimizer pass over the vectors as they are now (tests reassign them); the gradients
+  // are `grad`, or `ranges` when given.
+  void apply(const GradRanges* ranges = nullptr) {
     desc.count = static_cast<std::int64_t>(master.size());
     desc.master = master.data();
-    desc.grad = grad.data();
+    desc.grad = ranges != nullptr ? *ranges : GradRanges(grad.data());
     for (std::size_t k = 0; k < state.size(); ++k) desc.state[k] = state[k].data();
     cpu_optimizer_step(desc);
   }
 
   // One step, then the counter updates that finish_step does after an applied step.
-  void step() {
-    apply();
+  void step(const GradRanges* ranges = nullptr) {
+    apply(ranges);
     if (control.found_inf == 0.0f) {
       control.optimizer_scalar =
           next_optimizer_scalar(desc.hyper, control.optimizer_scalar, control.optimizer_steps);
@@ -241,16 +242,8 @@ TEST(OptimizerStep, LowPrecisionGradientRangeEqualsItsFp32Values) {
       all.grad = g;
       all.step();
       split.grad.assign(g.begin() + kLow, g.end());
-      split.desc.count = kN;
-      split.desc.master = split.master.data();
-      split.desc.grad = GradRanges(CBuf(low.data(), t), kLow, split.grad.data());
-      for (std::size_t k = 0; k < split.state.size(); ++k) {
-        split.desc.state[k] = split.state[k].data();
-      }
-      cpu_optimizer_step(split.desc);
-      split.control.optimizer_scalar =
-          next_optimizer_scalar(h, split.control.optimizer_scalar, split.control.optimizer_steps);
-      ++split.control.optimizer_steps;
+      const GradRanges ranges(CBuf(low.data(), t), kLow, split.grad.data());
+      split.step(&ranges);
       EXPECT_EQ(split.master, all.master);
       EXPECT_EQ(split.state, all.state);
     }

@@ -99,7 +99,7 @@ TEST(PlanMemory, WeightGradientsInComputeDtypeFirst) {
     const Plan plan(g, *backend, o);
     const DType low = o.policy.mixed() ? o.policy.compute : DType::F32;
     EXPECT_EQ(plan.lowp_count % Plan::kLowpAlign, 0);
-    EXPECT_EQ(plan.grads.lowp.dtype, low);
+    EXPECT_EQ(plan.grads().lowp.dtype, low);
     std::int64_t declared = 0, lowp = 0;
     std::vector<std::int64_t> offsets;
     for (std::size_t i = 0; i < g.nodes.size(); ++i) {
@@ -120,13 +120,13 @@ TEST(PlanMemory, WeightGradientsInComputeDtypeFirst) {
         } else {
           EXPECT_GE(off, plan.lowp_count);
           EXPECT_EQ(grad.dtype, DType::F32);
-          EXPECT_EQ(grad.ptr, plan.grads.f32 + (off - plan.lowp_count));
+          EXPECT_EQ(grad.ptr, plan.grads().f32 + (off - plan.lowp_count));
         }
       }
     }
     EXPECT_GT(lowp, 0);
     EXPECT_LT(lowp, declared);
-    EXPECT_EQ(plan.model_param_count, declared);
+    EXPECT_EQ(plan.graph.parameter_count, declared);
     EXPECT_EQ(plan.lowp_count, (lowp + Plan::kLowpAlign - 1) / Plan::kLowpAlign * Plan::kLowpAlign);
     EXPECT_EQ(plan.param_count, plan.lowp_count + declared - lowp);
     fp32_offsets.push_back(offsets);
@@ -135,19 +135,21 @@ TEST(PlanMemory, WeightGradientsInComputeDtypeFirst) {
   EXPECT_EQ(fp32_offsets[0], fp32_offsets[2]);
 }
 
-// set_weights() takes back what weights() gives (both in declaration order, Plan::param_spans).
-TEST(PlanMemory, WeightsInDeclarationOrder) {
+// set_weights() takes back what weights() gives (both walk Plan::param_spans, whose declaration
+// order WeightGradientsInComputeDtypeFirst checks), the layer state after the parameters.
+TEST(PlanMemory, SetWeightsTakesWhatWeightsGives) {
   const Model m = compile(preset_model("cnn", 4));
   TrainerConfig c;
   c.device = Device::CPU;
   c.precision = Precision::FP16;
   Trainer t(m, c);
   std::vector<float> w = t.weights();
-  std::int64_t declared = 0;
+  std::int64_t declared = 0, state = 0;
   for (const auto& node : m.graph().nodes) {
     for (const ParamDecl& d : node.params) declared += numel(d.shape);
+    for (const BufferDecl& d : node.buffers) state += d.persistent ? numel(d.shape) : 0;
   }
-  ASSERT_GE(static_cast<std::int64_t>(w.size()), declared);
+  ASSERT_EQ(static_cast<std::int64_t>(w.size()), declared + state);
   for (std::size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(i % 1000) * 0.001f;
   t.set_weights(w);
   EXPECT_EQ(t.weights(), w);

@@ -113,12 +113,11 @@ Plan::Plan(const graph::Graph& g, Backend& be, const PlanOptions& o)
   for (std::size_t i = 0; i < g.nodes.size(); ++i) {
     for (std::size_t k = 0; k < g.nodes[i].params.size(); ++k) {
       param_spans.emplace_back(offsets[i][k], numel(g.nodes[i].params[k].shape));
-      model_param_count += numel(g.nodes[i].params[k].shape);
     }
   }
   const auto pc = static_cast<std::size_t>(param_count);
-  const DType gt = o.policy.mixed() ? ct : DType::F32;
-  const auto lowp_bytes = static_cast<std::size_t>(lowp_count) * dtype_size(gt);
+  // The compute dtype is f32 outside mixed precision: the low-precision range is then fp32 too.
+  const auto lowp_bytes = static_cast<std::size_t>(lowp_count) * csize;
 
   Layout l;
   const std::size_t off_master = l.take(pc * 4);
@@ -164,8 +163,8 @@ Plan::Plan(const graph::Graph& g, Backend& be, const PlanOptions& o)
   arena_ = backend.alloc(arena_bytes);
   char* base = static_cast<char*>(arena_);
   master = reinterpret_cast<float*>(base + off_master);
-  grads = GradRanges(CBuf(base + off_grads_lowp, gt), lowp_count,
-                     reinterpret_cast<float*>(base + off_grads));
+  grads_lowp = Buf{base + off_grads_lowp, ct};
+  grads_f32 = reinterpret_cast<float*>(base + off_grads);
   if (o.policy.mixed()) working = Buf{base + off_working, ct};
   for (int s = 0; s < o.optimizer_slots; ++s)
     state[s] = reinterpret_cast<float*>(base + off_state[s]);
@@ -212,11 +211,10 @@ CBuf Plan::param(std::int64_t offset) const {
 
 Buf Plan::grad_of(std::int64_t offset) const {
   if (offset < lowp_count) {
-    const auto* p =
-        static_cast<const char*>(grads.lowp.ptr) + offset * dtype_size(grads.lowp.dtype);
-    return Buf{const_cast<char*>(p), grads.lowp.dtype};
+    return Buf{static_cast<char*>(grads_lowp.ptr) + offset * dtype_size(grads_lowp.dtype),
+               grads_lowp.dtype};
   }
-  return Buf{const_cast<float*>(grads.f32) + (offset - lowp_count), DType::F32};
+  return Buf{grads_f32 + (offset - lowp_count), DType::F32};
 }
 
 Buf Plan::activation_of(int index) const {

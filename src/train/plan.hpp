@@ -54,13 +54,13 @@ class Plan {
   static constexpr std::int64_t kLowpAlign = 64;
   std::int64_t param_count = 0;
   std::int64_t lowp_count = 0;
-  std::int64_t model_param_count = 0;  // without the padding
   // (slot offset, element count) of every parameter in declaration order (layers, then their
   // parameters): the order of Trainer::weights().
   std::vector<std::pair<std::int64_t, std::int64_t>> param_spans;
   float* master = nullptr;
-  GradRanges grads;
-  Buf working;  // null in fp32: the layers read master directly
+  Buf grads_lowp;              // [lowp_count]: compute dtype in mixed precision, else f32
+  float* grads_f32 = nullptr;  // [param_count - lowp_count]
+  Buf working;                 // null in fp32: the layers read master directly
   float* state[kMaxOptimizerSlots] = {};
   std::vector<NodeMemory> nodes;
   Buf input;
@@ -81,6 +81,8 @@ class Plan {
   // The view of the parameter at `offset` that layers read: the compute-dtype working copy, or
   // master in fp32 and for parameters declared keep_fp32.
   CBuf param(std::int64_t offset) const;
+  // Every parameter gradient, as the check and the optimizer read them.
+  GradRanges grads() const { return GradRanges(grads_lowp, lowp_count, grads_f32); }
   // The gradient buffer of the parameter at `offset` (the layers write it in backward).
   Buf grad_of(std::int64_t offset) const;
   Buf activation_of(int index) const;  // index may be graph::kModelInput

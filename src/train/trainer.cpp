@@ -173,10 +173,8 @@ Trainer::Impl::Impl(const Model& m, TrainerConfig c) : model(m), config(c) {
     backend->fill(Buf{plan->state[s], DType::F32}, plan->param_count,
                   optimizer_state_init(hyper, s));
   }
-  backend->fill(Buf{const_cast<void*>(plan->grads.lowp.ptr), plan->grads.lowp.dtype},
-                plan->lowp_count, 0.0f);
-  backend->fill(Buf{const_cast<float*>(plan->grads.f32), DType::F32},
-                plan->param_count - plan->lowp_count, 0.0f);
+  backend->fill(plan->grads_lowp, plan->lowp_count, 0.0f);
+  backend->fill(Buf{plan->grads_f32, DType::F32}, plan->param_count - plan->lowp_count, 0.0f);
   if (plan->persistent_count > 0) {
     std::vector<float> state;
     for (const auto& node : g.nodes) {
@@ -361,7 +359,7 @@ StepResult Trainer::Impl::step(Trainer* owner, std::int64_t n, const std::string
     forward(n, true);
     run_loss(n, true, &plan->control->loss);
     backward(n);
-    backend->check_gradients(plan->grads, plan->param_count, plan->control);
+    backend->check_gradients(plan->grads(), plan->param_count, plan->control);
     const graph::Graph& g = model.graph();
     for (std::size_t i = 0; i < g.nodes.size(); ++i) {
       if (in_forward[i] && g.nodes[i].layer->has_after_check()) {
@@ -373,7 +371,7 @@ StepResult Trainer::Impl::step(Trainer* owner, std::int64_t n, const std::string
     od.hyper = hyper;
     od.count = plan->param_count;
     od.master = plan->master;
-    od.grad = plan->grads;
+    od.grad = plan->grads();
     for (int s = 0; s < kMaxOptimizerSlots; ++s) od.state[s] = plan->state[s];
     od.working = plan->working;
     od.max_grad_norm = config.clip_grad_norm;
@@ -460,14 +458,17 @@ DeviceBatch Trainer::Impl::store_batch(std::int64_t n) {
   const graph::Graph& g = model.graph();
   StoredBatch b{};
   b.n = n;
-  const std::size_t in_bytes =
+  b.input_bytes =
       static_cast<std::size_t>(n * numel(g.sample_shape)) * dtype_size(plan->input.dtype);
+  b.in_place = device_batches.size() < kDirectBatches;
+  b.step_key = b.in_place ? fmt::format("train/{}/stored{}", n, device_batches.size())
+                          : fmt::format("train/{}", n);
   b.expected_bytes =
       uses_labels ? static_cast<std::size_t>(n * rows_per_sample) * sizeof(std::int32_t)
                   : static_cast<std::size_t>(n * rows_per_sample * loss_cols) * sizeof(float);
-  b.inputs = backend->alloc(in_bytes);
+  b.inputs = backend->alloc(b.input_bytes);
   b.expected = backend->alloc(b.expected_bytes);
-  backend->copy(b.inputs, plan->input.ptr, in_bytes);
+  backend->copy(b.inputs, plan->input.ptr, b.input_bytes);
   backend->copy(b.expected, uses_labels ? static_cast<void*>(plan->labels) : plan->targets,
                 b.expected_bytes);
   backend->synchronize();
@@ -521,43 +522,32 @@ StepResult Trainer::train_batch(const DeviceBatch& batch) {
     throw ConfigError(fmt::format("device batch {} was not uploaded by this trainer", batch.index));
   }
   const Impl::StoredBatch& b = m.device_batches[batch.index];
-  // The first kDirectBatches stored batches are read where they lie, each with a captured step of
-  // its own: no copies into the plan's input and label buffers (two device copies a step, ~1% of
-  // large_mlp's). Later ones (a whole dataset kept on the device) are copied in, so that the
-  // number of captured steps stays small.
-  constexpr std::size_t kDirectBatches = 16;
-  if (batch.index >= kDirectBatches) {
-    const std::size_t in_bytes =
-        static_cast<std::size_t>(b.n * numel(m.model.graph().sample_shape)) *
-        dtype_size(m.plan->input.dtype);
-    m.backend->copy(m.plan->input.ptr, b.inputs, in_bytes);
-    m.backend->copy(m.uses_labels ? static_cast<void*>(m.plan->labels) : m.plan->targets,
-                    b.expected, b.expected_bytes);
-    return m.step(this, b.n, fmt::format("train/{}", b.n));
-  }
   Plan& plan = *m.plan;
-  void* const input = plan.input.ptr;
-  std::int32_t* const labels = plan.labels;
-  float* const targets = plan.targets;
+  if (!b.in_place) {
+    m.backend->copy(plan.input.ptr, b.inputs, b.input_bytes);
+    m.backend->copy(m.uses_labels ? static_cast<void*>(plan.labels) : plan.targets, b.expected,
+                    b.expected_bytes);
+    return m.step(this, b.n, b.step_key);
+  }
+  // The plan's input and label (or target) buffers point at the batch for its step.
+  struct Restore {
+    Plan& plan;
+    void* input;
+    std::int32_t* labels;
+    float* targets;
+    ~Restore() {
+      plan.input.ptr = input;
+      plan.labels = labels;
+      plan.targets = targets;
+    }
+  } restore{plan, plan.input.ptr, plan.labels, plan.targets};
   plan.input.ptr = b.inputs;
   if (m.uses_labels) {
     plan.labels = static_cast<std::int32_t*>(b.expected);
   } else {
     plan.targets = static_cast<float*>(b.expected);
   }
-  const auto restore = [&] {
-    plan.input.ptr = input;
-    plan.labels = labels;
-    plan.targets = targets;
-  };
-  try {
-    StepResult r = m.step(this, b.n, fmt::format("train/{}/stored{}", b.n, batch.index));
-    restore();
-    return r;
-  } catch (...) {
-    restore();
-    throw;
-  }
+  return m.step(this, b.n, b.step_key);
 }
 
 std::vector<float> Trainer::predict(const float* inputs, const Shape& input_shape) {
@@ -657,13 +647,13 @@ std::vector<float> Trainer::weights() {
   impl_->backend->download(slots.data(), p.master, slots.size() * 4);
   // Declaration order, then the layer state.
   std::vector<float> w;
-  w.reserve(static_cast<std::size_t>(p.model_param_count + p.persistent_count));
+  w.reserve(static_cast<std::size_t>(p.graph.parameter_count + p.persistent_count));
   for (const auto& [offset, count] : p.param_spans) {
     w.insert(w.end(), slots.begin() + offset, slots.begin() + offset + count);
   }
-  w.resize(static_cast<std::size_t>(p.model_param_count + p.persistent_count));
+  w.resize(static_cast<std::size_t>(p.graph.parameter_count + p.persistent_count));
   if (p.persistent_count > 0) {
-    impl_->backend->download(w.data() + p.model_param_count, p.persistent,
+    impl_->backend->download(w.data() + p.graph.parameter_count, p.persistent,
                              static_cast<std::size_t>(p.persistent_count) * 4);
   }
   return w;
@@ -672,10 +662,10 @@ std::vector<float> Trainer::weights() {
 void Trainer::set_weights(const std::vector<float>& w) {
   Impl& m = *impl_;
   const Plan& p = *m.plan;
-  if (static_cast<std::int64_t>(w.size()) != p.model_param_count + p.persistent_count) {
+  if (static_cast<std::int64_t>(w.size()) != p.graph.parameter_count + p.persistent_count) {
     throw ShapeError(fmt::format(
         "set_weights: got {} values, the model has {} parameters and {} values of layer state",
-        w.size(), p.model_param_count, p.persistent_count));
+        w.size(), p.graph.parameter_count, p.persistent_count));
   }
   std::vector<float> slots(static_cast<std::size_t>(p.param_count), 0.0f);
   std::int64_t next = 0;
@@ -685,7 +675,7 @@ void Trainer::set_weights(const std::vector<float>& w) {
   }
   m.backend->upload(p.master, slots.data(), slots.size() * 4);
   if (p.persistent_count > 0) {
-    m.backend->upload(p.persistent, w.data() + p.model_param_count,
+    m.backend->upload(p.persistent, w.data() + p.graph.parameter_count,
                       static_cast<std::size_t>(p.persistent_count) * 4);
   }
   if (m.plan->working) {

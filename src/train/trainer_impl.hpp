@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "mixtrain/trainer.hpp"
@@ -40,11 +41,19 @@ struct Trainer::Impl {
   // memory directly: upload() copies before it returns).
   float* host_targets = nullptr;
 
+  // The first kDirectBatches stored batches are read where they lie, each with a captured step
+  // of its own: no copies into the plan's input and label buffers (two device copies a step, ~1%
+  // of large_mlp's). Later ones (a whole data set kept on the device) are copied in, so that the
+  // number of captured steps stays small.
+  static constexpr std::size_t kDirectBatches = 16;
   struct StoredBatch {
     void* inputs;    // [n, sample] compute dtype
     void* expected;  // int32 labels or fp32 targets, laid out as the plan's buffers
+    std::size_t input_bytes;
     std::size_t expected_bytes;
     std::int64_t n;
+    bool in_place;         // read where it lies (one of the first kDirectBatches)
+    std::string step_key;  // the run_step key of its steps
   };
   std::vector<StoredBatch> device_batches;
 

@@ -61,12 +61,12 @@ namespace {
 // One block of the gradient check, outside any OpenMP parallel region. The simd reduction lets
 // the compiler keep one partial sum per vector lane (a fixed order for a given build); g - g is 0
 // for finite g and nan for inf/nan, so summing it flags them.
-void check_block(const float* __restrict grad, std::int64_t begin, std::int64_t end, float inv,
-                 double& total, bool& bad) {
+void check_block(const float* __restrict grad, std::int64_t n, float inv, double& total,
+                 bool& bad) {
   double sum = 0.0;  // double like the CUDA backend's partial sums
   float nonfinite = 0.0f;
 #pragma omp simd reduction(+ : sum, nonfinite)
-  for (std::int64_t i = begin; i < end; ++i) {
+  for (std::int64_t i = 0; i < n; ++i) {
     const float g = grad[i] * inv;
     sum += static_cast<double>(g) * g;
     nonfinite += g - g;
@@ -81,33 +81,35 @@ void CpuBackend::check_gradients(const GradRanges& grad, std::int64_t count, Ste
   // Fixed-size blocks summed in a fixed order: the norm is bit-identical for any thread count.
   constexpr std::int64_t kBlock = 4096;
   const std::int64_t blocks = (count + kBlock - 1) / kBlock;
-  std::vector<double> partial(static_cast<std::size_t>(blocks));
-  std::vector<unsigned char> bad(static_cast<std::size_t>(blocks));
+  // Grow-only: one double per block (nan for a block that holds inf/nan), kept between steps.
+  if (check_partials_.size() < static_cast<std::size_t>(blocks)) {
+    check_partials_.resize(static_cast<std::size_t>(blocks));
+  }
+  double* const partial = check_partials_.data();
   const float inv = control->inv_scale;
 #pragma omp parallel if (count >= 65536)
   {
-    std::vector<float> tmp(static_cast<std::size_t>(kBlock));
+    float tmp[kBlock];  // a block's low-precision gradients, widened
 #pragma omp for schedule(static)
     for (std::int64_t b = 0; b < blocks; ++b) {
       double block_sum = 0.0;
       bool block_bad = false;
-      for_each_grad_piece(grad, b * kBlock, std::min(count, (b + 1) * kBlock), tmp.data(),
+      for_each_grad_piece(grad, b * kBlock, std::min(count, (b + 1) * kBlock), tmp,
                           [&](std::int64_t begin, std::int64_t end, const float* g) {
                             double sum = 0.0;
                             bool piece_bad = false;
-                            check_block(g, 0, end - begin, inv, sum, piece_bad);
+                            check_block(g, end - begin, inv, sum, piece_bad);
                             block_sum += sum;
                             block_bad = block_bad || piece_bad;
                           });
-      partial[static_cast<std::size_t>(b)] = block_sum;
-      bad[static_cast<std::size_t>(b)] = block_bad;
+      partial[b] = block_bad ? NAN : block_sum;
     }
   }
   double total = 0.0;
   bool any_bad = false;
   for (std::int64_t b = 0; b < blocks; ++b) {
-    total += partial[static_cast<std::size_t>(b)];
-    any_bad |= bad[static_cast<std::size_t>(b)] != 0;
+    any_bad = any_bad || std::isnan(partial[b]);
+    total += partial[b];
   }
   control->found_inf = any_bad ? 1.0f : 0.0f;
   control->grad_norm_sq = any_bad ? INFINITY : static_cast<float>(total);

@@ -95,6 +95,7 @@ class CpuBackend final : public Backend {
   // Grow-only fp32 staging for widened GEMM operands; sized on first use and then reused.
   std::vector<float>& scratch(int slot, std::size_t count);
   std::vector<float> scratch_[3];
+  std::vector<double> check_partials_;  // check_gradients' per-block sums
   // Grow-only byte scratch of the convolutions (column buffers, fp32 staging); 64-byte aligned.
   void* conv_scratch(int slot, std::size_t bytes);
   struct FreeDeleter {

@@ -101,6 +101,15 @@ std::int64_t chunk_images(std::int64_t n, std::size_t bytes_per_image, std::size
   return std::clamp<std::int64_t>(fit, 1, std::max<std::int64_t>(1, n));
 }
 
+// Scratch bytes per image of a chunk, forward and filter gradient alike: the column matrix (or the
+// widened input of a 1x1 convolution), and the output or dy as A (none when the tensors are A).
+template <typename A>
+std::size_t per_image_bytes(const ConvDesc& d, const Geometry& ge, bool direct) {
+  return static_cast<std::size_t>((ge.identity ? (direct ? 0 : ge.hw * d.C) : ge.pq * ge.kc) +
+                                  (direct ? 0 : ge.pq * d.K)) *
+         sizeof(A);
+}
+
 // col[m, (r, s, c)] for the output pixels m of images [n0, n0 + nb), channels of group g.
 template <typename T, typename A>
 void im2col(const ConvDesc& d, const Geometry& ge, const T* x, std::int64_t n0, std::int64_t nb,
@@ -223,11 +232,8 @@ void CpuBackend::conv2d_forward(const ConvDesc& d, CBuf x, CBuf w, CBuf bias, Bu
           b[static_cast<std::size_t>(k)] = static_cast<A>(load(pb[k]));
       });
     }
-    // Per image: the column matrix (or the widened input), and fp32 staging of the output.
-    const std::size_t per_image =
-        (ge.identity ? (direct ? 0 : ge.hw * d.C) : ge.pq * ge.kc) * sizeof(A) +
-        (direct ? 0 : ge.pq * d.K * sizeof(A));
-    const std::int64_t chunk = chunk_images(d.N, per_image, conv_chunk_bytes_);
+    const std::int64_t chunk =
+        chunk_images(d.N, per_image_bytes<A>(d, ge, direct), conv_chunk_bytes_);
     for (std::int64_t n0 = 0; n0 < d.N; n0 += chunk) {
       const std::int64_t nb = std::min(chunk, d.N - n0);
       const std::int64_t rows = nb * ge.pq;
@@ -337,11 +343,9 @@ void CpuBackend::conv2d_backward_filter(const ConvDesc& d, CBuf x, CBuf dy, Buf 
     A* pdw = dw_in_t
                  ? static_cast<A*>(conv_scratch(2, static_cast<std::size_t>(dw_count) * sizeof(A)))
                  : as<A>(dw.ptr);
-    const std::size_t per_image =
-        ((ge.identity ? (direct ? 0 : ge.hw * d.C) : ge.pq * ge.kc) + (direct ? 0 : ge.pq * d.K)) *
-        sizeof(A);
-    const std::int64_t chunk = chunk_images(d.N, per_image, conv_chunk_bytes_);
-    if (d.N == 0) std::fill_n(pdw, d.K * ge.kc, A(0));
+    const std::int64_t chunk =
+        chunk_images(d.N, per_image_bytes<A>(d, ge, direct), conv_chunk_bytes_);
+    if (d.N == 0) std::fill_n(pdw, dw_count, A(0));
     for (std::int64_t n0 = 0; n0 < d.N; n0 += chunk) {
       const std::int64_t nb = std::min(chunk, d.N - n0);
       const std::int64_t rows = nb * ge.pq;
@@ -367,7 +371,7 @@ void CpuBackend::conv2d_backward_filter(const ConvDesc& d, CBuf x, CBuf dy, Buf 
       // it: rounded once, and inf where it overflows FP16, so the loss scaler sees the overflow
       // the GPU would see.
       if (dw_in_t) {
-        narrow(pdw, as<T>(dw.ptr), dw_count);
+        store_rows(pdw, as<T>(dw.ptr), dw_count, false);
       } else {
 #pragma omp parallel for schedule(static) if (dw_count >= kParallelMin)
         for (std::int64_t i = 0; i < dw_count; ++i) pdw[i] = round_to<T>(pdw[i]);

@@ -22,8 +22,7 @@ namespace {
 template <Optimizer K, int Slots>
 void update_chunk(const OptimizerDesc& d, const OptimizerStepScalars& sc, std::int64_t begin,
                   std::int64_t end, const float* __restrict grad) {
-  OptimizerHyper hyper = d.hyper;
-  hyper.kind = K;
+  const OptimizerHyper hyper = d.hyper;  // a local copy, not read through d in the loop
   float* __restrict const master = d.master;
   float* __restrict const s0 = d.state[0];
   float* __restrict const s1 = d.state[1];
@@ -35,7 +34,7 @@ void update_chunk(const OptimizerDesc& d, const OptimizerStepScalars& sc, std::i
     if constexpr (Slots > 1) s[1] = s1[i];
     if constexpr (Slots > 2) s[2] = s2[i];
     float p = master[i];
-    optimizer_update_element(hyper, scalars, p, grad[i - begin], s);
+    optimizer_update_element(hyper, K, scalars, p, grad[i - begin], s);
     master[i] = p;
     if constexpr (Slots > 0) s0[i] = s[0];
     if constexpr (Slots > 1) s1[i] = s[1];
