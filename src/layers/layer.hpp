@@ -32,7 +32,8 @@ struct ParamDecl {
   bool keep_fp32 = false;
   // The gradient is a GEMM or convolution product (weight matrices, filters): in mixed precision
   // it is stored in the compute dtype, as that product comes out (PyTorch's autocast computes it
-  // so, then widens it into an fp32 .grad). Otherwise it is fp32 (biases, normalisation parameters: sums the layer keeps in fp32).
+  // so, then widens it into an fp32 .grad). Otherwise it is fp32 (biases, normalisation parameters:
+  // sums the layer keeps in fp32).
   bool grad_in_compute_dtype = false;
 };
 

@@ -316,6 +316,12 @@ class ScopedEnv {
   bool had_ = false;
 };
 
+// Whether backends created now capture graphs (MIXTRAIN_CUDA_GRAPHS=0 turns capture off).
+inline bool graphs_enabled() {
+  const char* e = std::getenv("MIXTRAIN_CUDA_GRAPHS");
+  return !(e != nullptr && std::strcmp(e, "0") == 0);
+}
+
 inline std::vector<DType> float_dtypes() {
   return {DType::F32, DType::F16, DType::BF16};
 }

@@ -485,7 +485,7 @@ TEST_F(CnnOpsTest, ReductionsGiveTheSameBitsEveryRunAndUnderGraphReplay) {
       SCOPED_TRACE(bn_trace(t, s, DType::F32));
       const std::int64_t n = s.rows * s.channels, C = s.channels;
       Twin x(cpu(), gpu(), t, n), y(cpu(), gpu(), t, n), dy(cpu(), gpu(), t, n),
-          dx(cpu(), gpu(), t, n), gp(cpu(), gpu(), t, n);
+          dx(cpu(), gpu(), t, n);
       Twin gamma(cpu(), gpu(), DType::F32, C), beta(cpu(), gpu(), DType::F32, C),
           mean(cpu(), gpu(), DType::F32, C), invstd(cpu(), gpu(), DType::F32, C),
           dgamma(cpu(), gpu(), DType::F32, C), dbeta(cpu(), gpu(), DType::F32, C);

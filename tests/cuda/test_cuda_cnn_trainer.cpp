@@ -135,6 +135,7 @@ TEST_F(CnnEndToEnd, Fp16OverflowSkipsTheSameStepsAsCpu) {
   EXPECT_GE(skipped, 3);
   // Skipped steps left batch-norm's running statistics alone on both: the inference outputs
   // (which use them) still agree.
+  ASSERT_EQ(got.predictions.size(), ref.predictions.size());
   for (std::size_t i = 0; i < ref.predictions.size(); ++i) {
     EXPECT_NEAR(got.predictions[i], ref.predictions[i],
                 2e-2 * (1.0 + std::fabs(ref.predictions[i])))
@@ -147,8 +148,11 @@ TEST_F(CnnEndToEnd, GraphReplayGivesTheSameBitsAsEager) {
   const Model m = cnn();
   for (Precision p : {Precision::FP32, Precision::FP16}) {
     SCOPED_TRACE(std::string(precision_name(p)));
-    const TrainRun graph = train(m, config(Device::CUDA, p), b, 10);
-    TrainRun eager;
+    TrainRun graph, eager;
+    {
+      ScopedEnv env("MIXTRAIN_CUDA_GRAPHS", "1");  // graphs even when the suite runs without
+      graph = train(m, config(Device::CUDA, p), b, 10);
+    }
     {
       ScopedEnv env("MIXTRAIN_CUDA_GRAPHS", "0");
       eager = train(m, config(Device::CUDA, p), b, 10);
@@ -177,6 +181,7 @@ TEST_F(CnnEndToEnd, FusedBatchNormReluGivesTheUnfusedBits) {
     SCOPED_TRACE(std::string(precision_name(p)));
     const TrainRun f = train(fused, config(Device::CUDA, p), b, 8);
     const TrainRun u = train(plain, config(Device::CUDA, p), b, 8);
+    ASSERT_EQ(f.history.size(), u.history.size());
     for (std::size_t s = 0; s < f.history.size(); ++s) {
       EXPECT_EQ(f.history[s].loss, u.history[s].loss) << "step " << s;
     }

@@ -12,11 +12,6 @@
 namespace mixtrain::cuda_test {
 namespace {
 
-bool graphs_enabled() {
-  const char* e = std::getenv("MIXTRAIN_CUDA_GRAPHS");
-  return !(e != nullptr && std::strcmp(e, "0") == 0);
-}
-
 struct Case {
   bool ta = false, tb = true;
   std::int64_t m = 256, n = 512, k = 768;

@@ -31,6 +31,12 @@ std::string where(const char* call, const char* file, int line) {
   return std::string(call) + " at " + short_path(file) + ":" + std::to_string(line);
 }
 
+// An A/B switch read when a backend is created: on unless the variable is "0".
+bool env_on(const char* name) {
+  const char* v = std::getenv(name);
+  return !(v != nullptr && std::strcmp(v, "0") == 0);
+}
+
 }  // namespace
 
 void throw_cuda_error(cudaError_t error, const char* call, const char* file, int line) {
@@ -73,14 +79,10 @@ CudaBackend::CudaBackend() {
     release();
     throw;
   }
-  const char* graphs = std::getenv("MIXTRAIN_CUDA_GRAPHS");
-  graphs_enabled_ = !(graphs != nullptr && std::strcmp(graphs, "0") == 0);
-  const char* epilogues = std::getenv("MIXTRAIN_CUDA_FUSED_EPILOGUES");
-  fused_epilogues_ = !(epilogues != nullptr && std::strcmp(epilogues, "0") == 0);
-  const char* autotune = std::getenv("MIXTRAIN_GEMM_AUTOTUNE");
-  gemm_autotune_ = !(autotune != nullptr && std::strcmp(autotune, "0") == 0);
-  const char* skinny = std::getenv("MIXTRAIN_CUDA_SKINNY_GEMM");
-  skinny_gemms_ = !(skinny != nullptr && std::strcmp(skinny, "0") == 0);
+  graphs_enabled_ = env_on("MIXTRAIN_CUDA_GRAPHS");
+  fused_epilogues_ = env_on("MIXTRAIN_CUDA_FUSED_EPILOGUES");
+  gemm_autotune_ = env_on("MIXTRAIN_GEMM_AUTOTUNE");
+  skinny_gemms_ = env_on("MIXTRAIN_CUDA_SKINNY_GEMM");
 }
 
 CudaBackend::~CudaBackend() {
@@ -90,8 +92,7 @@ CudaBackend::~CudaBackend() {
 // Never throws: errors (a sticky fault from an earlier kernel included) are ignored while
 // releasing. Safe on a partly constructed backend.
 void CudaBackend::release() noexcept {
-  if (stream_ != nullptr) (void)cudaStreamSynchronize(stream_);
-  (void)drop_graphs();
+  (void)drop_graphs();  // synchronises the stream first
   gemm_plans_.clear();
   release_conv();
   for (const PendingCopy& p : pending_) (void)cudaEventDestroy(p.done);

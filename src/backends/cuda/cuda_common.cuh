@@ -10,6 +10,7 @@
 #include <string>
 #include <type_traits>
 
+#include "backends/cuda/cuda_host.hpp"
 #include "mixtrain/dtype.hpp"
 #include "mixtrain/error.hpp"
 
@@ -79,13 +80,12 @@ void with_pack(bool vector, F&& f) {
   }
 }
 
-inline bool aligned_to(const void* p, std::size_t bytes) {
-  return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
-}
-
-[[noreturn]] inline void unsupported_dtype(const char* op, DType t) {
-  throw Error(std::string("internal: ") + op + " on the cuda backend takes f32, f16 or bf16, not " +
-              std::string(dtype_name(t)));
+// 16-byte packs of T along rows of `channels` elements: the row length a multiple of the pack
+// and every pointer 16-byte aligned (a null pointer, an absent operand, counts as aligned).
+template <typename T, typename... P>
+bool use_packs(std::int64_t channels, const P*... ptrs) {
+  constexpr auto kPack = static_cast<std::int64_t>(16 / sizeof(T));
+  return channels % kPack == 0 && (aligned_to(ptrs, 16) && ...);
 }
 
 // Calls f(T{}) with the storage type of a floating training dtype.
@@ -95,13 +95,6 @@ decltype(auto) dispatch_float(DType t, const char* op, F&& f) {
   if (t == DType::F16) return f(__half{});
   if (t == DType::BF16) return f(__nv_bfloat16{});
   unsupported_dtype(op, t);
-}
-
-inline void require_same(DType a, DType b, const char* op) {
-  if (a != b) {
-    throw Error(std::string("internal: ") + op + " needs matching dtypes, got " +
-                std::string(dtype_name(a)) + " and " + std::string(dtype_name(b)));
-  }
 }
 
 // Sum over a warp in a fixed butterfly order: every lane ends with the same, reproducible value.

@@ -19,6 +19,7 @@
 
 #include "backends/cuda/cuda_backend.hpp"
 #include "backends/cuda/cuda_check.hpp"
+#include "backends/cuda/cuda_host.hpp"
 #include "backends/cuda/cudnn_check.hpp"
 #include "mixtrain/error.hpp"
 
@@ -78,15 +79,7 @@ cudnnDataType_t cudnn_type(DType t) {
     default:
       break;
   }
-  throw Error("internal: conv2d on the cuda backend takes f32, f16 or bf16, not " +
-              std::string(dtype_name(t)));
-}
-
-void require_same(DType a, DType b, const char* op) {
-  if (a != b) {
-    throw Error(std::string("internal: ") + op + " needs matching dtypes, got " +
-                std::string(dtype_name(a)) + " and " + std::string(dtype_name(b)));
-  }
+  unsupported_dtype("conv2d", t);
 }
 
 int as_int(std::int64_t v, const char* what) {

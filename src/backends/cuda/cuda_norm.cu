@@ -653,8 +653,7 @@ void CudaBackend::batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf
     }
     float* mean = static_cast<float*>(batch_mean.ptr);
     float* invstd = static_cast<float*>(batch_invstd.ptr);
-    constexpr int kPack = static_cast<int>(16 / sizeof(T));
-    const bool vector = channels % kPack == 0 && aligned_to(x.ptr, 16) && aligned_to(y.ptr, 16);
+    const bool vector = use_packs<T>(channels, x.ptr, y.ptr);
     with_pack<T>(vector, [&](auto pack) {
       constexpr int V = decltype(pack)::value;
       static const int moments_resident = resident_blocks(bn_moments_kernel<T, V>);
@@ -688,8 +687,7 @@ void CudaBackend::batch_norm_forward_inference(CBuf x, CBuf gamma, CBuf beta, CB
   dispatch_float(x.dtype, op, [&](auto t) {
     using T = decltype(t);
     if (planning() || rows <= 0 || channels <= 0) return;
-    constexpr int kPack = static_cast<int>(16 / sizeof(T));
-    const bool vector = channels % kPack == 0 && aligned_to(x.ptr, 16) && aligned_to(y.ptr, 16);
+    const bool vector = use_packs<T>(channels, x.ptr, y.ptr);
     with_pack<T>(vector, [&](auto pack) {
       constexpr int V = decltype(pack)::value;
       static const int resident = resident_blocks(bn_apply_kernel<T, V, true, false>);
@@ -729,10 +727,7 @@ void CudaBackend::batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_me
     const float* invstd = static_cast<const float*>(batch_invstd.ptr);
     float* dg = static_cast<float*>(dgamma.ptr);
     float* db = static_cast<float*>(dbeta.ptr);
-    constexpr int kPack = static_cast<int>(16 / sizeof(T));
-    const bool vector = channels % kPack == 0 && aligned_to(x.ptr, 16) && aligned_to(dy.ptr, 16) &&
-                        (!dx || aligned_to(dx.ptr, 16)) &&
-                        (!relu_output || aligned_to(relu_output.ptr, 16));
+    const bool vector = use_packs<T>(channels, x.ptr, dy.ptr, dx.ptr, relu_output.ptr);
     const T* relu_y = static_cast<const T*>(relu_output.ptr);
     with_pack<T>(vector, [&](auto pack) {
       constexpr int V = decltype(pack)::value;

@@ -366,13 +366,6 @@ void with_div(std::int64_t items, F&& f) {
   }
 }
 
-// 16-byte packs: the channel count a multiple of the pack and every pointer aligned.
-template <typename T, typename... P>
-bool use_packs(std::int64_t channels, const P*... ptrs) {
-  constexpr auto kPack = static_cast<std::int64_t>(16 / sizeof(T));
-  return channels % kPack == 0 && (aligned_to(ptrs, 16) && ...);
-}
-
 void check_pool(const PoolDesc& d, const char* op) {
   const bool ok = d.N >= 0 && d.H >= 0 && d.W >= 0 && d.C >= 0 && d.R >= 1 && d.S >= 1 &&
                   d.stride_h >= 1 && d.stride_w >= 1 && d.pad_h >= 0 && d.pad_w >= 0 && d.P >= 0 &&

@@ -195,8 +195,7 @@ void CudaBackend::activation_backward_bias_grad(Activation act, float alpha, CBu
       return;
     }
     constexpr int kPack = static_cast<int>(16 / sizeof(T));
-    const bool vector = cols % kPack == 0 && aligned_to(x.ptr, 16) && aligned_to(y.ptr, 16) &&
-                        aligned_to(dy.ptr, 16) && aligned_to(dx.ptr, 16);
+    const bool vector = use_packs<T>(cols, x.ptr, y.ptr, dy.ptr, dx.ptr);
     const std::int64_t tile_cols = kColTile * (vector ? kPack : 1);
     const std::int64_t tiles = (cols + tile_cols - 1) / tile_cols;
     // Chunks of rows/16 rows (8 to 256, a multiple of the 8 row phases): a function of the shape

@@ -66,11 +66,11 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 bool CudaBackend::skinny_gemm(const GemmDesc& d) {
-  const bool plain = d.batch == 1 && d.alpha == 1.0f && !d.aux && !d.bias_grad && d.m > 0 &&
-                     d.n > 0 && d.k > 0 && d.a.dtype == d.b.dtype;
-  if (!plain || !skinny_gemms_) return false;
-  const bool input_grad =
-      !d.trans_a && !d.trans_b && d.k <= kSkinny && !d.bias && d.epilogue == Activation::Identity;
+  // gemm() has checked the operands' dtypes and the epilogue rules (no aux without an activation)
+  // and returned for empty products.
+  const bool input_grad = skinny_gemms_ && d.batch == 1 && d.alpha == 1.0f && !d.bias &&
+                          !d.bias_grad && d.epilogue == Activation::Identity && !d.trans_a &&
+                          !d.trans_b && d.k <= kSkinny;
   if (!input_grad) return false;
   if (planning()) return true;
   dispatch_float(d.a.dtype, "gemm", [&](auto t) {

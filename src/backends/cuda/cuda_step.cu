@@ -291,16 +291,29 @@ void launch_optimizer_as(const OptimizerArgs& a, W* working, const FinishArgs& f
 }
 
 template <typename W>
-void launch_optimizer(const OptimizerArgs& a, W* working, const FinishArgs& finish,
-                      unsigned blocks_cap, cudaStream_t stream) {
+void launch_optimizer(OptimizerArgs a, W* working, FinishArgs finish, PreparedStep* prepared,
+                      cudaStream_t stream) {
   bool vec = aligned_to(a.master, 16) && aligned_to(a.f32, 16) && aligned_to(a.lowp, 16) &&
              a.lowp_count % 4 == 0;
   for (int k = 0; k < a.slots; ++k) vec = vec && aligned_to(a.state[k], 16);
   if constexpr (!std::is_same_v<W, NoWorking>) vec = vec && aligned_to(working, 4 * sizeof(W));
+  // A thread per pack (see optimizer_range), up to 2^30 blocks; the loop covers the rest.
   const int per = vec ? 4 : 1;
   const std::int64_t items = (a.count + per - 1) / per;
   const std::int64_t want = (items + kThreads - 1) / kThreads;
-  const unsigned blocks = static_cast<unsigned>(want < blocks_cap ? want : blocks_cap);
+  const auto blocks = static_cast<unsigned>(std::min<std::int64_t>(want, std::int64_t{1} << 30));
+  // A large grid (more blocks than kLargeGrid) gets the per-step values from prepare_step_kernel,
+  // which also runs the finish: tens of thousands of blocks counting in for the finish would
+  // queue as many atomics on one counter (36k blocks cost ~70 us on large_mlp). A small grid
+  // computes them in each warp and lets its last block finish: one launch, which is what a small
+  // model's step time is made of.
+  constexpr unsigned kLargeGrid = 4096;
+  if (blocks > kLargeGrid) {
+    prepare_step_kernel<<<1, 1, 0, stream>>>(a.hyper, a.max_grad_norm, a.control, prepared, finish);
+    MIXTRAIN_CUDA_LAUNCH_CHECK("prepare_step_kernel");
+    a.prepared = prepared;
+    finish = FinishArgs{};
+  }
   // Aligned arrays (the arena's case) get the kernel specialised for the optimizer kind.
   switch (a.hyper.kind) {
     case Optimizer::SGD:
@@ -420,7 +433,7 @@ OptimizerArgs optimizer_args(const OptimizerDesc& d) {
 void CudaBackend::launch_optimizer_pass(const OptimizerDesc& d, StepControl* finish_control,
                                         const ScalerParams* params, StepRecord* history) {
   static_assert(sizeof(PreparedStep) <= kPreparedStepBytes);
-  OptimizerArgs a = optimizer_args(d);
+  const OptimizerArgs a = optimizer_args(d);
   if (planning()) return;
   FinishArgs finish;
   if (finish_control != nullptr) {
@@ -430,35 +443,16 @@ void CudaBackend::launch_optimizer_pass(const OptimizerDesc& d, StepControl* fin
     finish.counter = step_counters_ + kCounterFinish;
   }
   if (d.count <= 0) {  // nothing to update; the finish (if any) runs alone
-    if (finish_control != nullptr) {
-      finish_step_kernel<<<1, 1, 0, stream_>>>(finish_control, *params, d.hyper, history);
-      MIXTRAIN_CUDA_LAUNCH_CHECK("finish_step_kernel");
-    }
+    if (finish_control != nullptr) finish_step(finish_control, *params, d.hyper, history);
     return;
   }
-  // A thread per pack (see optimizer_range), up to 2^30 blocks; the loop covers the rest.
-  constexpr unsigned cap = 1u << 30;
-  // A large grid (more blocks than kLargeGrid) gets the per-step values from prepare_step_kernel,
-  // which also runs the finish: tens of thousands of blocks counting in for the finish would
-  // queue as many atomics on one counter (36k blocks cost ~70 us on large_mlp). A small grid
-  // computes them in each warp and lets its last block finish: one launch, which is what a small
-  // model's step time is made of.
-  constexpr std::int64_t kLargeGrid = 4096;
-  const std::int64_t packs = (d.count + 3) / 4;
-  const bool large = (packs + kThreads - 1) / kThreads > kLargeGrid;
-  if (large) {
-    prepare_step_kernel<<<1, 1, 0, stream_>>>(d.hyper, d.max_grad_norm, d.control,
-                                              static_cast<PreparedStep*>(prepared_step_), finish);
-    MIXTRAIN_CUDA_LAUNCH_CHECK("prepare_step_kernel");
-    a.prepared = static_cast<const PreparedStep*>(prepared_step_);
-  }
-  const FinishArgs fused = large ? FinishArgs{} : finish;
+  auto* prepared = static_cast<PreparedStep*>(prepared_step_);
   if (!d.working) {
-    launch_optimizer<NoWorking>(a, nullptr, fused, cap, stream_);
+    launch_optimizer<NoWorking>(a, nullptr, finish, prepared, stream_);
   } else {
     dispatch_float(d.working.dtype, "optimizer_step", [&](auto t) {
       using W = decltype(t);
-      launch_optimizer(a, static_cast<W*>(d.working.ptr), fused, cap, stream_);
+      launch_optimizer(a, static_cast<W*>(d.working.ptr), finish, prepared, stream_);
     });
   }
 }
