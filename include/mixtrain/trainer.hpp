@@ -82,6 +82,9 @@ struct TrainerStats {
   float last_loss = 0;
   float last_grad_norm = 0;
   std::size_t peak_memory_bytes = 0;  // device memory high-water mark
+  // Steps that ran as one fused kernel (CUDA, FP16/BF16, a chain of dense layers with
+  // cross-entropy: docs/cuda.md "Fused dense-chain step"); the others ran op by op.
+  std::int64_t fused_steps = 0;
 };
 
 class Trainer;

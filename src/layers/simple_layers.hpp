@@ -37,6 +37,7 @@ class Dropout final : public Layer {
   Dropout(std::string name, std::uint64_t salt, float rate)
       : Layer(std::move(name), salt), rate_(rate) {}
   std::string type() const override { return "dropout"; }
+  float rate() const { return rate_; }
   Shape output_shape(const std::vector<Shape>& in) const override;
   void forward(const ForwardArgs& a) const override;
   void backward(const BackwardArgs& a) const override;

@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "mixtrain/dtype.hpp"
 #include "ops/backend_types.hpp"
@@ -111,6 +112,41 @@ struct OptimizerDesc {
   Buf working;                 // optional FP16/BF16 working copy [count], written in the pass
   float max_grad_norm = 0.0f;  // > 0: clip to this global norm (from control->grad_norm_sq)
   const StepControl* control = nullptr;
+};
+
+// One layer of a dense chain (DenseChainStep): y = act(x W^T + b), then an optional inverted
+// dropout, as Dense (with a fused activation) and Dropout compute them. Every tensor is in the
+// compute dtype except the fp32 bias gradient.
+struct DenseChainLayer {
+  std::int64_t in = 0, out = 0;
+  Activation act = Activation::Identity;  // Identity or ReLU
+  CBuf weight;                            // [out, in]: the working copy
+  CBuf bias;                              // [out], or null for a layer without bias
+  Buf grad_weight;                        // [out, in], overwritten (still scaled)
+  float* grad_bias = nullptr;             // [out] f32, overwritten (with a bias)
+  Buf output;                             // [rows, out]: act(x W^T + b)
+  float dropout = 0.0f;                   // rate of a Dropout reading the output; 0: none
+  std::uint64_t dropout_salt = 0;         // that Dropout layer's salt
+  Buf dropped;                            // [rows, out]: the Dropout's output (with dropout)
+  Buf grad_pre;  // [rows, out] scratch: the gradient of x W^T + b (the head: of the logits)
+};
+
+// A whole training step of a chain of dense layers whose last layer (no activation, no dropout)
+// gives the logits of a sparse softmax cross-entropy: the forward pass, the loss into
+// control->loss, the backward pass into the layers' gradients, check_gradients over
+// optimizer.grad, and optimizer_step_and_finish, with those ops' arithmetic (products in fp32,
+// every stored value rounded to the compute dtype where the op-by-op step rounds it); only the
+// order of the fp32 sums differs. The parameters' gradients in optimizer.grad must be exactly
+// the layers' (the trainer passes the whole model).
+struct DenseChainStep {
+  std::int64_t rows = 0;
+  CBuf input;                            // [rows, layers[0].in]
+  const std::int32_t* labels = nullptr;  // [rows], each in [0, layers.back().out)
+  std::vector<DenseChainLayer> layers;
+  StepControl* control = nullptr;  // the step's control block (also optimizer.control)
+  OptimizerDesc optimizer;
+  ScalerParams scaler{};
+  StepRecord* history = nullptr;
 };
 
 // A 2-D convolution over channels-last tensors (what cuDNN's tensor-core kernels want):
@@ -277,6 +313,14 @@ class Backend {
   // Optimizer update on grad * control->inv_scale (times the clipping coefficient); does nothing
   // when control->found_inf is set.
   virtual void optimizer_step(const OptimizerDesc& desc) = 0;
+  // Runs `step` (DenseChainStep above) as one fused operation and returns true, or returns false
+  // having issued nothing when the backend has no fused path for it; the caller then runs the
+  // ops one by one. The CPU backend never fuses; the CUDA backend fuses FP16/BF16 chains of small
+  // batches (cuda_dense_chain.cu).
+  virtual bool dense_chain_step(const DenseChainStep& step) {
+    (void)step;
+    return false;
+  }
   // Ends a training step on the device: scaler update, counters, history record.
   virtual void finish_step(StepControl* control, const ScalerParams& params,
                            const OptimizerHyper& hyper, StepRecord* history) = 0;

@@ -8,6 +8,7 @@
 #include "mixtrain/error.hpp"
 #include "ops/counter_rng.hpp"
 #include "train/backend_factory.hpp"
+#include "train/dense_chain.hpp"
 #include "train/trainer_impl.hpp"
 
 namespace mixtrain {
@@ -207,6 +208,10 @@ Trainer::Impl::Impl(const Model& m, TrainerConfig c) : model(m), config(c) {
   scaler.dynamic = scale_mode == LossScaleMode::Dynamic ? 1 : 0;
   scaler.history_size = plan->options.history_size;
 
+  if (loss_kind == LossKind::SparseCrossEntropy && rows_per_sample == 1) {
+    chain = dense_chain_layers(g, *plan, loss_node, in_forward);
+  }
+
   const std::int64_t b = g.max_batch;
   host_targets = static_cast<float*>(
       backend->alloc_host(static_cast<std::size_t>(b * numel(out) + 1) * sizeof(float)));
@@ -354,8 +359,38 @@ void Trainer::Impl::run_loss(std::int64_t n, bool with_gradient, float* out) {
   backend->loss(d);
 }
 
+OptimizerDesc Trainer::Impl::optimizer_desc() const {
+  OptimizerDesc od;
+  od.hyper = hyper;
+  od.count = plan->param_count;
+  od.master = plan->master;
+  od.grad = plan->grads();
+  for (int s = 0; s < kMaxOptimizerSlots; ++s) od.state[s] = plan->state[s];
+  od.working = plan->working;
+  od.max_grad_norm = config.clip_grad_norm;
+  od.control = plan->control;
+  return od;
+}
+
+bool Trainer::Impl::run_dense_chain(std::int64_t n) {
+  DenseChainStep s;
+  s.rows = n;
+  s.input = plan->input;
+  s.labels = plan->labels;
+  s.layers = chain;
+  s.control = plan->control;
+  s.optimizer = optimizer_desc();
+  s.scaler = scaler;
+  s.history = plan->history;
+  return backend->dense_chain_step(s);
+}
+
 StepResult Trainer::Impl::step(Trainer* owner, std::int64_t n, const std::string& key) {
   backend->run_step(key, [&] {
+    // run_step calls this when it plans or captures the step (not on a replay): remember how.
+    const bool fused = !chain.empty() && run_dense_chain(n);
+    fused_keys[key] = fused;
+    if (fused) return;
     forward(n, true);
     run_loss(n, true, &plan->control->loss);
     backward(n);
@@ -367,17 +402,9 @@ StepResult Trainer::Impl::step(Trainer* owner, std::int64_t n, const std::string
             AfterCheckArgs{*backend, plan->control, n, plan->nodes[i].buffers});
       }
     }
-    OptimizerDesc od;
-    od.hyper = hyper;
-    od.count = plan->param_count;
-    od.master = plan->master;
-    od.grad = plan->grads();
-    for (int s = 0; s < kMaxOptimizerSlots; ++s) od.state[s] = plan->state[s];
-    od.working = plan->working;
-    od.max_grad_norm = config.clip_grad_norm;
-    od.control = plan->control;
-    backend->optimizer_step_and_finish(od, plan->control, scaler, plan->history);
+    backend->optimizer_step_and_finish(optimizer_desc(), plan->control, scaler, plan->history);
   });
+  if (fused_keys[key]) ++fused_steps;
   const std::int64_t index = steps_issued++;
   const auto pending = steps_issued - static_cast<std::int64_t>(history.size());
   if (pending >= std::min<std::int64_t>(config.sync_interval, plan->options.history_size)) {
@@ -614,6 +641,7 @@ TrainerStats Trainer::stats() {
     s.last_grad_norm = m.history.back().grad_norm;
   }
   s.peak_memory_bytes = m.backend->peak_memory();
+  s.fused_steps = m.fused_steps;
   return s;
 }
 

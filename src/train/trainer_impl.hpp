@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "mixtrain/trainer.hpp"
@@ -57,6 +58,12 @@ struct Trainer::Impl {
   };
   std::vector<StoredBatch> device_batches;
 
+  // The model as a dense chain the backend may train in one fused step (train/dense_chain.hpp),
+  // else empty; which captured steps ran fused, and how many steps did.
+  std::vector<DenseChainLayer> chain;
+  std::unordered_map<std::string, bool> fused_keys;
+  std::int64_t fused_steps = 0;
+
   std::vector<StepStats> history;
   std::int64_t steps_issued = 0;
   StepControl last_control{};
@@ -73,6 +80,9 @@ struct Trainer::Impl {
   void forward(std::int64_t n, bool training);
   void backward(std::int64_t n);
   void run_loss(std::int64_t n, bool with_gradient, float* out);
+  OptimizerDesc optimizer_desc() const;
+  // Issues the step as the backend's fused dense-chain step; false when it has none for it.
+  bool run_dense_chain(std::int64_t n);
   // Runs one training step on the batch in plan->input and the labels or targets; `key` names
   // the captured step (one per batch size, and per stored batch: see train_batch(DeviceBatch)).
   StepResult step(Trainer* owner, std::int64_t n, const std::string& key);

@@ -58,6 +58,10 @@ CudaBackend::CudaBackend() {
     MIXTRAIN_CUDA_CHECK(cudaGetDevice(&device_));
     MIXTRAIN_CUDA_CHECK(
         cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device_));
+    int cooperative = 0;
+    MIXTRAIN_CUDA_CHECK(
+        cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device_));
+    cooperative_launch_ = cooperative != 0;
     int l2 = 0;
     MIXTRAIN_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device_));
     l2_bytes_ = static_cast<std::size_t>(std::max(l2, 0));
@@ -83,6 +87,7 @@ CudaBackend::CudaBackend() {
   fused_epilogues_ = env_on("MIXTRAIN_CUDA_FUSED_EPILOGUES");
   gemm_autotune_ = env_on("MIXTRAIN_GEMM_AUTOTUNE");
   skinny_gemms_ = env_on("MIXTRAIN_CUDA_SKINNY_GEMM");
+  fused_chains_ = env_on("MIXTRAIN_CUDA_FUSED_CHAIN");
 }
 
 CudaBackend::~CudaBackend() {

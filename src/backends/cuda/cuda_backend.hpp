@@ -128,6 +128,11 @@ class CudaBackend final : public Backend {
   void finish_step(StepControl* control, const ScalerParams& params, const OptimizerHyper& hyper,
                    StepRecord* history) override;
 
+  // A dense chain's whole step as one cooperative kernel (cuda_dense_chain.cu) when it is FP16 or
+  // BF16, small enough and laid out for it; false (nothing issued) otherwise, and always when
+  // MIXTRAIN_CUDA_FUSED_CHAIN=0.
+  bool dense_chain_step(const DenseChainStep& step) override;
+
   // Whether run_step captures graphs (false when MIXTRAIN_CUDA_GRAPHS=0).
   bool graphs_enabled() const { return graphs_enabled_; }
   cudaStream_t stream() const { return stream_; }
@@ -207,7 +212,8 @@ class CudaBackend final : public Backend {
   // activation_backward_bias_grad: one per column tile.
   static constexpr int kCounterActBiasGrad = kCounterNorm + kNormCounters;
   static constexpr int kActBiasGradCounters = 128;
-  static constexpr int kCounters = kCounterActBiasGrad + kActBiasGradCounters;
+  static constexpr int kCounterChain = kCounterActBiasGrad + kActBiasGradCounters;
+  static constexpr int kCounters = kCounterChain + 1;
 
   std::unordered_map<void*, std::size_t> allocations_;
   std::size_t in_use_ = 0;
@@ -228,6 +234,9 @@ class CudaBackend final : public Backend {
   // Products with a dimension of at most 16 by our kernels (false when
   // MIXTRAIN_CUDA_SKINNY_GEMM=0: cuBLASLt for every product, for A/B timing).
   bool skinny_gemms_ = true;
+  // Dense chains' steps as one kernel (false when MIXTRAIN_CUDA_FUSED_CHAIN=0: op by op).
+  bool fused_chains_ = true;
+  bool cooperative_launch_ = false;  // the device runs cooperative kernels (grid-wide barriers)
   bool planning_ = false;
   bool capturing_ = false;
   std::unordered_map<std::string, cudaGraphExec_t> graphs_;

@@ -163,6 +163,9 @@ ConvAlgo search(const ConvPlan& p, std::size_t out_bytes, const char* direction,
   Scratch out(out_bytes), workspace(limit);
   Perf perf[kCount];
   int returned = 0;
+  // A launch leaves the descriptor on the math type of the algorithm it ran; find* searches
+  // within the descriptor's math type, so put back what this plan asks for.
+  MIXTRAIN_CUDNN_CHECK(cudnnSetConvolutionMathType(p.conv, p.requested_math));
   find(out.get(), &returned, perf, workspace.get(), limit);
   return pick(perf, returned, p, limit, direction, d);
 }

@@ -1,0 +1,550 @@
+// The whole training step of a small dense chain (ops/backend.hpp: DenseChainStep) as one
+// cooperative launch: forward, loss, backward, gradient check, optimizer and finish run as phases
+// of one kernel separated by grid-wide barriers, in the manner of tiny-cuda-nn's fully fused
+// MLPs. A step of small_mlp op by op is ~16 launches of 2-6 us, each mostly launch latency and
+// ramp; here it is one launch and six barriers.
+//
+// Products run on tensor cores through WMMA (16x16x16 tiles of FP16/BF16 operands, fp32
+// accumulators), which is why only FP16 and BF16 chains are fused. Each phase splits its work
+// into jobs the blocks take in turn:
+// - an output tile of x W^T (forward) or dz W (input gradient): 16 x 16 values, the reduction
+//   split among the block's eight warps and summed in warp order in shared memory, then the
+//   element-wise tail (bias and ReLU and dropout; or dropout's and ReLU's backward);
+// - a weight-gradient block dz^T x: 16 rows of dW by eight 16-column tiles, one per warp (the
+//   reduction runs over the batch, at most 128 rows); the block of the first column group also
+//   sums the 16 bias gradients.
+// The head (at most 32 classes) runs scalar: a warp per row for the logits and the
+// cross-entropy, a thread per weight-gradient element. The gradient check needs no pass of its
+// own: every thread adds the squares of the gradients it stores, blocks store their partials,
+// and after the last barrier every block adds them in block order (the same value everywhere).
+// The optimizer update is optimizer_range of cuda_optimizer.cuh and the finish runs in the last
+// block to count in, as in the op-by-op pass.
+#include <cooperative_groups.h>
+#include <mma.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "backends/cuda/cuda_backend.hpp"
+#include "backends/cuda/cuda_check.hpp"
+#include "backends/cuda/cuda_common.cuh"
+#include "backends/cuda/cuda_optimizer.cuh"
+#include "ops/activation_math.hpp"
+#include "ops/counter_rng.hpp"
+#include "train/scaler_math.hpp"
+
+namespace mixtrain::cuda {
+
+namespace {
+
+namespace cg = cooperative_groups;
+namespace wmma = nvcuda::wmma;
+
+constexpr int kWarps = kThreads / kWarp;  // 8
+constexpr int kTile = 16;                 // WMMA's m = n = k
+constexpr int kTileElems = kTile * kTile;
+constexpr int kMaxLayers = 8;
+constexpr int kMaxRows = kWarps * kTile;  // a weight-gradient tile's reduction: 8 chunks at most
+constexpr int kMaxHeadOut = kWarp;        // one class per lane
+
+template <typename T>
+struct ChainLayer {
+  int in, out;
+  int relu;
+  const T* w;
+  const T* b;
+  T* gw;
+  float* gb;
+  T* y;
+  T* dropped;  // null without dropout
+  float rate;
+  float keep_scale;
+  std::uint64_t salt;
+  T* dz;
+};
+
+template <typename T>
+struct ChainArgs {
+  int rows;
+  int layers;
+  const T* x;
+  const std::int32_t* labels;
+  ChainLayer<T> l[kMaxLayers];
+  double* row_loss;      // [rows]
+  double* norm_partial;  // [gridDim.x]
+  int* bad_partial;      // [gridDim.x]
+  OptimizerArgs opt;
+  T* working;
+  StepControl* control;
+  ScalerParams scaler;
+  StepRecord* history;
+  unsigned int* counter;
+};
+
+// The values a layer reads: the model input, or the previous layer's output after its dropout.
+template <typename T>
+__device__ __forceinline__ const T* layer_input(const ChainArgs<T>& a, int l) {
+  if (l == 0) return a.x;
+  const ChainLayer<T>& p = a.l[l - 1];
+  return p.dropped != nullptr ? p.dropped : p.y;
+}
+
+// The gradient check of what a thread stores: as unscale_pack, the unscaled value's finiteness
+// and its square.
+struct NormAcc {
+  double sum = 0.0;
+  bool bad = false;
+  __device__ __forceinline__ void add(float stored, float inv) {
+    const float g = stored * inv;
+    bad |= !isfinite(g);
+    sum += static_cast<double>(g * g);
+  }
+};
+
+// Dropout's decision for element i, as DropoutOp draws it.
+__device__ __forceinline__ bool keeps(std::uint64_t key, float rate, std::int64_t i) {
+  return counter_uniform_keyed(key, static_cast<std::uint64_t>(i)) >= rate;
+}
+
+// red[w] = warp w's share of the 16 x 16 product tile A[r0.., :] B[:, n0..]: A row-major with
+// leading dimension lda (pointer at row r0), B as Layout with leading dimension ldb (pointer at
+// column n0), the k chunks of 16 dealt to the warps in turn.
+template <typename T, typename LayoutB>
+__device__ __forceinline__ void tile_product(const T* A, int lda, const T* B, int ldb, int chunks,
+                                             float* red) {
+  const int w = static_cast<int>(threadIdx.x) / kWarp;
+  wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float> acc;
+  wmma::fill_fragment(acc, 0.0f);
+  wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, T, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, T, LayoutB> fb;
+#pragma unroll 2
+  for (int kc = w; kc < chunks; kc += kWarps) {
+    wmma::load_matrix_sync(fa, A + kc * kTile, static_cast<unsigned>(lda));
+    const T* bt = std::is_same_v<LayoutB, wmma::row_major>
+                      ? B + static_cast<std::int64_t>(kc) * kTile * ldb
+                      : B + kc * kTile;
+    wmma::load_matrix_sync(fb, bt, static_cast<unsigned>(ldb));
+    wmma::mma_sync(acc, fa, fb, acc);
+  }
+  wmma::store_matrix_sync(red + w * kTileElems, acc, kTile, wmma::mem_row_major);
+}
+
+// Thread t's element of the tile: the warps' shares added in warp order.
+__device__ __forceinline__ float tile_sum(const float* red) {
+  float v = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) v += red[w * kTileElems + threadIdx.x];
+  return v;
+}
+
+// Forward job: tile (rt, ct) of layer l's output, then its bias, ReLU and dropout.
+template <typename T>
+__device__ void forward_tile(const ChainArgs<T>& a, int l, int rt, int ct, std::uint64_t key,
+                             float* red) {
+  const ChainLayer<T>& L = a.l[l];
+  const T* in = layer_input(a, l);
+  const int r0 = rt * kTile, n0 = ct * kTile;
+  tile_product<T, wmma::col_major>(in + static_cast<std::int64_t>(r0) * L.in, L.in,
+                                   L.w + static_cast<std::int64_t>(n0) * L.in, L.in, L.in / kTile,
+                                   red);
+  __syncthreads();
+  const int r = r0 + static_cast<int>(threadIdx.x) / kTile;
+  const int c = n0 + static_cast<int>(threadIdx.x) % kTile;
+  float z = tile_sum(red);
+  if (L.b != nullptr) z += Dev<T>::load(L.b[c]);
+  const float v = L.relu ? activation_value(Activation::ReLU, 0.0f, z) : z;
+  const std::int64_t i = static_cast<std::int64_t>(r) * L.out + c;
+  const T y = Dev<T>::store(v);
+  L.y[i] = y;
+  if (L.dropped != nullptr) {
+    L.dropped[i] = Dev<T>::store(keeps(key, L.rate, i) ? Dev<T>::load(y) * L.keep_scale : 0.0f);
+  }
+  __syncthreads();  // red is reused by the next job
+}
+
+// The head's forward pass and the loss, one warp per row: logits (rounded as the GEMM stores
+// them), the cross-entropy of cuda_loss.cu's kernel and d(loss * scale)/d logits.
+template <typename T>
+__device__ void head_row(const ChainArgs<T>& a, int r) {
+  const int h = a.layers - 1;
+  const ChainLayer<T>& L = a.l[h];
+  const T* x = layer_input(a, h) + static_cast<std::int64_t>(r) * L.in;
+  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+  float logit = -INFINITY;
+  for (int c = 0; c < L.out; ++c) {
+    const T* w = L.w + static_cast<std::int64_t>(c) * L.in;
+    float s = 0.0f;
+    for (int k = lane * 8; k < L.in; k += kWarp * 8) {
+      float xv[8], wv[8];
+      load_pack<8>(x + k, xv);
+      load_pack<8>(w + k, wv);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) s = fmaf(xv[j], wv[j], s);
+    }
+    s = warp_sum(s);
+    if (lane == c) {
+      const float z = L.b != nullptr ? s + Dev<T>::load(L.b[c]) : s;
+      const T stored = Dev<T>::store(z);
+      L.y[static_cast<std::int64_t>(r) * L.out + c] = stored;
+      logit = Dev<T>::load(stored);
+    }
+  }
+  const bool mine = lane < L.out;
+  const float mx = warp_max(mine ? logit : -INFINITY);
+  const double e = mine ? exp(static_cast<double>(logit - mx)) : 0.0;
+  const float lse = mx + static_cast<float>(log(warp_sum(e)));
+  const std::int32_t label = a.labels[r];
+  const double term = lane == label ? static_cast<double>(lse - logit) : 0.0;
+  const double row_loss = warp_sum(term);
+  if (mine) {
+    const float gscale = a.control->loss_scale / static_cast<float>(a.rows);
+    const float p = expf(logit - lse);
+    const float t = lane == label ? 1.0f : 0.0f;
+    L.dz[static_cast<std::int64_t>(r) * L.out + lane] = Dev<T>::store((p - t) * gscale);
+  }
+  if (lane == 0) a.row_loss[r] = row_loss;
+}
+
+// The input gradient of layer l + 1 at tile (rt, ct) of layer l's output, through layer l's
+// dropout and ReLU backward, rounded where the op-by-op step stores: dy = dz_{l+1} W_{l+1}, then
+// dropout's dy * keep_scale, then ReLU's dy * relu'(y): layer l's dz.
+template <typename T>
+__device__ void input_grad_tile(const ChainArgs<T>& a, int l, int rt, int ct, std::uint64_t key,
+                                float* red) {
+  const ChainLayer<T>& L = a.l[l];
+  const ChainLayer<T>& N = a.l[l + 1];
+  const int r0 = rt * kTile, n0 = ct * kTile;
+  const int r = r0 + static_cast<int>(threadIdx.x) / kTile;
+  const int c = n0 + static_cast<int>(threadIdx.x) % kTile;
+  float acc = 0.0f;
+  if (N.out % kTile == 0) {
+    tile_product<T, wmma::row_major>(N.dz + static_cast<std::int64_t>(r0) * N.out, N.out, N.w + n0,
+                                     N.in, N.out / kTile, red);
+    __syncthreads();
+    acc = tile_sum(red);
+  } else {  // the head's few classes
+    const T* dz = N.dz + static_cast<std::int64_t>(r) * N.out;
+    for (int j = 0; j < N.out; ++j) {
+      acc = fmaf(Dev<T>::load(dz[j]), Dev<T>::load(N.w[static_cast<std::int64_t>(j) * N.in + c]),
+                 acc);
+    }
+  }
+  const std::int64_t i = static_cast<std::int64_t>(r) * L.out + c;
+  float g = Dev<T>::load(Dev<T>::store(acc));
+  if (L.dropped != nullptr) {
+    g = keeps(key, L.rate, i) ? Dev<T>::load(Dev<T>::store(g * L.keep_scale)) : 0.0f;
+  }
+  if (L.relu) {
+    const float y = Dev<T>::load(L.y[i]);
+    g = g * activation_derivative(Activation::ReLU, 0.0f, y, y);
+  }
+  L.dz[i] = Dev<T>::store(g);
+  __syncthreads();  // red is reused by the next job
+}
+
+// Weight-gradient job of a hidden-size layer: rows m0.. m0 + 15 of dW = dz^T x, column tiles
+// 8 g .. 8 g + 7 (one per warp), and with g == 0 the bias gradients of those 16 units.
+template <typename T>
+__device__ void weight_grad_block(const ChainArgs<T>& a, int l, int mt, int g, float* red,
+                                  float inv, NormAcc& norm) {
+  const ChainLayer<T>& L = a.l[l];
+  const T* x = layer_input(a, l);
+  const int w = static_cast<int>(threadIdx.x) / kWarp;
+  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+  const int m0 = mt * kTile;
+  const int nt = g * kWarps + w;
+  if (nt < L.in / kTile) {
+    const int n0 = nt * kTile;
+    wmma::fragment<wmma::accumulator, kTile, kTile, kTile, float> acc;
+    wmma::fill_fragment(acc, 0.0f);
+    wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, T, wmma::col_major> fa;
+    wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, T, wmma::row_major> fb;
+    for (int kc = 0; kc < a.rows / kTile; ++kc) {
+      const std::int64_t row = static_cast<std::int64_t>(kc) * kTile;
+      wmma::load_matrix_sync(fa, L.dz + row * L.out + m0, static_cast<unsigned>(L.out));
+      wmma::load_matrix_sync(fb, x + row * L.in + n0, static_cast<unsigned>(L.in));
+      wmma::mma_sync(acc, fa, fb, acc);
+    }
+    float* mine = red + w * kTileElems;
+    wmma::store_matrix_sync(mine, acc, kTile, wmma::mem_row_major);
+    __syncwarp();
+    const int row = lane / 2, col = (lane % 2) * 8;
+    float v[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      v[j] = Dev<T>::load(Dev<T>::store(mine[row * kTile + col + j]));
+      norm.add(v[j], inv);
+    }
+    store_pack<8>(L.gw + static_cast<std::int64_t>(m0 + row) * L.in + n0 + col, v);
+    __syncwarp();
+  }
+  if (g == 0 && L.gb != nullptr && threadIdx.x < kTile) {
+    const int u = m0 + static_cast<int>(threadIdx.x);
+    float s = 0.0f;
+    for (int r = 0; r < a.rows; ++r)
+      s += Dev<T>::load(L.dz[static_cast<std::int64_t>(r) * L.out + u]);
+    L.gb[u] = s;
+    norm.add(s, inv);
+  }
+}
+
+// The head's weight gradient (a thread per element, jobs of kThreads elements) and, in job 0,
+// its bias gradient.
+template <typename T>
+__device__ void head_weight_grad(const ChainArgs<T>& a, int job, float inv, NormAcc& norm) {
+  const ChainLayer<T>& L = a.l[a.layers - 1];
+  const T* x = layer_input(a, a.layers - 1);
+  const int e = job * kThreads + static_cast<int>(threadIdx.x);
+  if (e < L.out * L.in) {
+    const int j = e / L.in, k = e % L.in;
+    float s = 0.0f;
+    for (int r = 0; r < a.rows; ++r) {
+      s = fmaf(Dev<T>::load(L.dz[static_cast<std::int64_t>(r) * L.out + j]),
+               Dev<T>::load(x[static_cast<std::int64_t>(r) * L.in + k]), s);
+    }
+    const T stored = Dev<T>::store(s);
+    L.gw[e] = stored;
+    norm.add(Dev<T>::load(stored), inv);
+  }
+  if (job == 0 && L.gb != nullptr && static_cast<int>(threadIdx.x) < L.out) {
+    const int j = static_cast<int>(threadIdx.x);
+    float s = 0.0f;
+    for (int r = 0; r < a.rows; ++r)
+      s += Dev<T>::load(L.dz[static_cast<std::int64_t>(r) * L.out + j]);
+    L.gb[j] = s;
+    norm.add(s, inv);
+  }
+}
+
+template <int kKind, typename T>
+__global__ void __launch_bounds__(kThreads) dense_chain_kernel(ChainArgs<T> a) {
+  __shared__ __align__(32) float red[kWarps * kTileElems];
+  __shared__ double shared[kWarps];
+  cg::grid_group grid = cg::this_grid();
+  const int blocks = static_cast<int>(gridDim.x);
+  const int block = static_cast<int>(blockIdx.x);
+  const StepControl& control = *a.control;
+  const float inv = control.inv_scale;
+  const int row_tiles = a.rows / kTile;
+  std::uint64_t keys[kMaxLayers];
+  for (int l = 0; l < a.layers; ++l)
+    keys[l] = counter_key(control.seed, control.iteration, a.l[l].salt);
+
+  // Forward through the hidden layers, then the head and the loss.
+  for (int l = 0; l + 1 < a.layers; ++l) {
+    const int col_tiles = a.l[l].out / kTile;
+    for (int job = block; job < row_tiles * col_tiles; job += blocks) {
+      forward_tile(a, l, job % row_tiles, job / row_tiles, keys[l], red);
+    }
+    grid.sync();
+  }
+  {
+    const int warp = static_cast<int>(threadIdx.x) / kWarp;
+    for (int r = block * kWarps + warp; r < a.rows; r += blocks * kWarps) head_row(a, r);
+  }
+  grid.sync();
+
+  // Backward: layer l's weight gradient and the input gradient of layer l - 1, one phase each.
+  NormAcc norm;
+  for (int l = a.layers - 1; l >= 0; --l) {
+    const ChainLayer<T>& L = a.l[l];
+    const bool head = l == a.layers - 1;
+    const int dw_jobs = head ? (L.out * L.in + kThreads - 1) / kThreads
+                             : (L.out / kTile) * ((L.in / kTile + kWarps - 1) / kWarps);
+    const int dx_jobs = l > 0 ? row_tiles * (a.l[l - 1].out / kTile) : 0;
+    const int groups = (L.in / kTile + kWarps - 1) / kWarps;
+    for (int job = block; job < dw_jobs + dx_jobs; job += blocks) {
+      if (job < dx_jobs) {  // the input gradients first: their products are the longer ones
+        input_grad_tile(a, l - 1, job % row_tiles, job / row_tiles, keys[l - 1], red);
+      } else if (head) {
+        head_weight_grad(a, job - dx_jobs, inv, norm);
+      } else {
+        const int j = job - dx_jobs;
+        weight_grad_block(a, l, j / groups, j % groups, red, inv, norm);
+        __syncthreads();
+      }
+    }
+    grid.sync();
+  }
+
+  // Every block adds the partials in block order: the same norm and flag in each.
+  {
+    const int any_bad = __syncthreads_or(norm.bad ? 1 : 0);
+    const double total = block_sum(norm.sum, shared);
+    if (threadIdx.x == 0) {
+      a.norm_partial[block] = total;
+      a.bad_partial[block] = any_bad;
+    }
+  }
+  grid.sync();
+  __shared__ float step_norm_sq;
+  __shared__ int step_bad;
+  {
+    double acc = 0.0;
+    int bad = 0;
+    for (int i = static_cast<int>(threadIdx.x); i < blocks; i += kThreads) {
+      acc += __ldcg(a.norm_partial + i);
+      bad |= __ldcg(a.bad_partial + i);
+    }
+    bad = __syncthreads_or(bad);
+    const double total = block_sum(acc, shared);
+    if (threadIdx.x == 0) {
+      step_bad = bad;
+      step_norm_sq = bad != 0 ? INFINITY : static_cast<float>(total);
+    }
+    __syncthreads();
+  }
+  if (step_bad == 0) {
+    StepControl c = control;
+    c.grad_norm_sq = step_norm_sq;
+    const OptimizerStepScalars sc = step_scalars(a.opt.hyper, a.opt.max_grad_norm, c);
+    const Optimizer kind = kKind != kAnyKind ? static_cast<Optimizer>(kKind) : a.opt.hyper.kind;
+    constexpr int kSlots = fixed_slots(kKind);
+    optimizer_range<kSlots, T, T, 4>(a.opt, kind, sc, a.working, static_cast<const T*>(a.opt.lowp),
+                                     0, a.opt.lowp_count);
+    optimizer_range<kSlots, T, float, 4>(a.opt, kind, sc, a.working, a.opt.f32, a.opt.lowp_count,
+                                         a.opt.count);
+  }
+  if (last_block_done(a.counter) && threadIdx.x == 0) {
+    double loss = 0.0;
+    for (int r = 0; r < a.rows; ++r) loss += __ldcg(a.row_loss + r);
+    StepControl& c = *a.control;
+    c.loss = static_cast<float>(loss / static_cast<double>(a.rows));
+    c.found_inf = step_bad != 0 ? 1.0f : 0.0f;
+    c.grad_norm_sq = step_norm_sq;
+    finish_step_math(c, a.scaler, a.opt.hyper, a.history);
+  }
+}
+
+template <int kKind, typename T>
+void launch_chain(const ChainArgs<T>& a, int blocks, cudaStream_t stream) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(blocks));
+  config.blockDim = dim3(kThreads);
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  MIXTRAIN_CUDA_CHECK(cudaLaunchKernelEx(&config, dense_chain_kernel<kKind, T>, a));
+}
+
+template <typename T>
+void launch_chain_for(const ChainArgs<T>& a, int blocks, cudaStream_t stream) {
+  switch (a.opt.hyper.kind) {
+    case Optimizer::Adam:
+      launch_chain<static_cast<int>(Optimizer::Adam)>(a, blocks, stream);
+      break;
+    case Optimizer::AdamW:
+      launch_chain<static_cast<int>(Optimizer::AdamW)>(a, blocks, stream);
+      break;
+    case Optimizer::SGD:
+      launch_chain<static_cast<int>(Optimizer::SGD)>(a, blocks, stream);
+      break;
+    default:
+      launch_chain<kAnyKind>(a, blocks, stream);
+      break;
+  }
+}
+
+// Why a chain cannot take the fused path (null: it can). Device pointers must allow WMMA's
+// 32-byte fragment loads and the optimizer's 16-byte packs.
+const char* chain_unsupported(const DenseChainStep& s) {
+  const DType t = s.input.dtype;
+  if (t != DType::F16 && t != DType::BF16) return "not FP16/BF16";
+  if (s.rows < kTile || s.rows > kMaxRows || s.rows % kTile != 0) return "batch rows";
+  const auto count = static_cast<int>(s.layers.size());
+  if (count < 2 || count > kMaxLayers) return "layer count";
+  if (s.labels == nullptr || !aligned_to(s.input.ptr, 32)) return "input";
+  for (int l = 0; l < count; ++l) {
+    const DenseChainLayer& L = s.layers[static_cast<std::size_t>(l)];
+    const bool head = l == count - 1;
+    if (L.in % kTile != 0 || L.in > (std::int64_t{1} << 20)) return "layer inputs";
+    if (l > 0 && L.in != s.layers[static_cast<std::size_t>(l) - 1].out) return "chain shapes";
+    if (head ? (L.out < 1 || L.out > kMaxHeadOut) : (L.out % kTile != 0)) return "layer outputs";
+    if (L.act != Activation::Identity && (L.act != Activation::ReLU || head)) return "activation";
+    if (head && L.dropout != 0.0f) return "dropout after the head";
+    if (L.dropout < 0.0f || L.dropout >= 1.0f) return "dropout rate";
+    if (L.dropout > 0.0f && !L.dropped) return "dropout output";
+    if (L.weight.dtype != t || L.grad_weight.dtype != t || L.output.dtype != t ||
+        L.grad_pre.dtype != t || (L.bias && L.bias.dtype != t) ||
+        (L.dropped && L.dropped.dtype != t)) {
+      return "dtypes";
+    }
+    if (L.bias && L.grad_bias == nullptr) return "bias gradient";
+    const void* tensors[] = {L.weight.ptr, L.grad_weight.ptr, L.output.ptr, L.grad_pre.ptr,
+                             L.dropped.ptr};
+    for (const void* p : tensors) {
+      if (!aligned_to(p, 32)) return "alignment";
+    }
+  }
+  const OptimizerDesc& o = s.optimizer;
+  if (!o.working || o.working.dtype != t) return "working copy";
+  if (o.grad.lowp_count > 0 && o.grad.lowp.dtype != t) return "gradient dtype";
+  if (o.grad.lowp_count % 4 != 0 || !aligned_to(o.master, 16) || !aligned_to(o.grad.f32, 16) ||
+      !aligned_to(o.grad.lowp.ptr, 16) || !aligned_to(o.working.ptr, 16)) {
+    return "optimizer alignment";
+  }
+  for (int k = 0; k < optimizer_state_slots(o.hyper); ++k) {
+    if (!aligned_to(o.state[k], 16)) return "optimizer alignment";
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+bool CudaBackend::dense_chain_step(const DenseChainStep& s) {
+  if (!fused_chains_ || chain_unsupported(s) != nullptr || !cooperative_launch_) return false;
+  if (s.control == nullptr || s.optimizer.control != s.control) {
+    throw Error("internal: dense_chain_step needs the optimizer's own control block");
+  }
+  const std::size_t partial_bytes =
+      sizeof(double) * static_cast<std::size_t>(kMaxRows + 2 * sm_count_) +
+      sizeof(int) * static_cast<std::size_t>(sm_count_);
+  if (partial_bytes > scratch_bytes_) return false;
+  // Validates the optimizer's arguments like the op-by-op pass.
+  const OptimizerArgs opt = optimizer_args(s.optimizer);
+  if (planning()) return true;
+  dispatch_float(s.input.dtype, "dense_chain_step", [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, float>) {
+      ChainArgs<T> a{};
+      a.rows = static_cast<int>(s.rows);
+      a.layers = static_cast<int>(s.layers.size());
+      a.x = static_cast<const T*>(s.input.ptr);
+      a.labels = s.labels;
+      for (int l = 0; l < a.layers; ++l) {
+        const DenseChainLayer& L = s.layers[static_cast<std::size_t>(l)];
+        ChainLayer<T>& d = a.l[l];
+        d.in = static_cast<int>(L.in);
+        d.out = static_cast<int>(L.out);
+        d.relu = L.act == Activation::ReLU ? 1 : 0;
+        d.w = static_cast<const T*>(L.weight.ptr);
+        d.b = static_cast<const T*>(L.bias.ptr);
+        d.gw = static_cast<T*>(L.grad_weight.ptr);
+        d.gb = L.grad_bias;
+        d.y = static_cast<T*>(L.output.ptr);
+        d.dropped = L.dropout > 0.0f ? static_cast<T*>(L.dropped.ptr) : nullptr;
+        d.rate = L.dropout;
+        d.keep_scale = 1.0f / (1.0f - L.dropout);
+        d.salt = L.dropout_salt;
+        d.dz = static_cast<T*>(L.grad_pre.ptr);
+      }
+      auto* doubles = static_cast<double*>(scratch_);
+      a.row_loss = doubles;
+      a.norm_partial = doubles + kMaxRows;
+      a.bad_partial = reinterpret_cast<int*>(doubles + kMaxRows + sm_count_);
+      a.opt = opt;
+      a.working = static_cast<T*>(s.optimizer.working.ptr);
+      a.control = s.control;
+      a.scaler = s.scaler;
+      a.history = s.history;
+      a.counter = step_counters_ + kCounterChain;
+      launch_chain_for(a, sm_count_, stream_);
+    }
+  });
+  return true;
+}
+
+}  // namespace mixtrain::cuda

@@ -1,0 +1,23 @@
+// Recognises a model whose whole training step a backend may run as one fused operation
+// (ops/backend.hpp: DenseChainStep): input -> dense (-> dropout) -> ... -> dense, the last
+// dense layer's output the logits of a sparse softmax cross-entropy.
+#pragma once
+
+#include <vector>
+
+#include "graph/graph.hpp"
+#include "ops/backend.hpp"
+#include "train/plan.hpp"
+
+namespace mixtrain {
+
+// The layers of the chain ending at loss_node, with the plan's buffers, or an empty vector when
+// the model is not such a chain: a node other than dense and dropout runs in the training
+// forward pass, a hidden dense layer has no ReLU (the fused step keeps the gradient of each hidden
+// pre-activation in the layer's scratch, which only layers with an activation have), two dropouts
+// follow one another, the input is not one row per sample, or a bias gradient is not fp32.
+// in_forward: the nodes the training forward pass runs.
+std::vector<DenseChainLayer> dense_chain_layers(const graph::Graph& g, const Plan& plan,
+                                                int loss_node, const std::vector<bool>& in_forward);
+
+}  // namespace mixtrain

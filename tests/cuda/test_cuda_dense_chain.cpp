@@ -1,0 +1,214 @@
+// The fused dense-chain step (cuda_dense_chain.cu): a chain of dense layers with ReLU and
+// dropout trained in FP16/BF16 as one kernel gives the trajectory of the op-by-op CUDA step and
+// of the CPU oracle, the same overflow skips and scale history, deterministic bits (graph replay
+// and eager), and chains it does not cover fall back to the op-by-op step.
+#include <algorithm>
+#include <cmath>
+
+#include "cuda_test_util.hpp"
+#include "mixtrain/mixtrain.hpp"
+
+namespace mixtrain::cuda_test {
+namespace {
+
+constexpr std::int64_t kBatch = 32, kFeatures = 48, kClasses = 10;
+
+Model chain_model(bool bias = true) {
+  return ModelBuilder({kBatch, kFeatures})
+      .dense(64, DenseOptions{"", bias})
+      .relu()
+      .dropout(0.2f)
+      .dense(32, DenseOptions{"", bias})
+      .relu()
+      .dense(kClasses, DenseOptions{"", bias})
+      .compile();
+}
+
+struct Batches {
+  std::vector<std::vector<float>> x;
+  std::vector<std::vector<std::int32_t>> y;
+};
+
+Batches make_batches(std::mt19937& rng, int count, std::int64_t rows = kBatch) {
+  std::uniform_real_distribution<float> ud(0.0f, 1.0f);
+  std::uniform_int_distribution<int> label(0, kClasses - 1);
+  Batches b;
+  for (int i = 0; i < count; ++i) {
+    std::vector<float> x(static_cast<std::size_t>(rows * kFeatures));
+    for (float& v : x) v = ud(rng);
+    std::vector<std::int32_t> y(static_cast<std::size_t>(rows));
+    for (auto& v : y) v = label(rng);
+    b.x.push_back(std::move(x));
+    b.y.push_back(std::move(y));
+  }
+  return b;
+}
+
+TrainerConfig config(Device d, Precision p) {
+  TrainerConfig c;
+  c.device = d;
+  c.precision = p;
+  c.seed = 5;
+  c.learning_rate = 1e-3f;
+  c.sync_interval = 1000;
+  return c;
+}
+
+struct TrainRun {
+  std::vector<StepStats> history;
+  std::vector<float> weights;
+  std::int64_t fused = 0;
+};
+
+// Trains `steps` steps; fused: whether the CUDA backend may fuse (MIXTRAIN_CUDA_FUSED_CHAIN).
+TrainRun train(const Model& m, const TrainerConfig& c, const Batches& b, int steps,
+               bool fused = true) {
+  ScopedEnv env("MIXTRAIN_CUDA_FUSED_CHAIN", fused ? "1" : "0");
+  Trainer t(m, c);
+  for (int s = 0; s < steps; ++s) {
+    const std::size_t i = static_cast<std::size_t>(s) % b.x.size();
+    const auto rows = static_cast<std::int64_t>(b.y[i].size());
+    t.train_batch(b.x[i].data(), {rows, kFeatures}, b.y[i].data(), {rows});
+  }
+  TrainRun r;
+  r.weights = t.weights();
+  r.history = t.history();
+  r.fused = t.stats().fused_steps;
+  return r;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0.0;
+  for (std::size_t i = 0; i < a.size(); ++i) d = std::max(d, std::fabs(double(a[i]) - b[i]));
+  return d;
+}
+
+class DenseChain : public CudaVsCpu {};
+
+// Fused and op by op round the same values in the same places; only the order of fp32 sums
+// differs, which now and then moves a stored value by one unit in the last place (2^-11 FP16,
+// 2^-8 BF16, relative). Adam's steps are at most lr = 1e-3 each, so 20 steps move a weight by at
+// most 0.02 whatever its gradient; the weights may differ by that much where a gradient is
+// tiny and its sign flips, which bounds the weights' difference. Losses: as the CUDA-vs-CPU test
+// (2e-2 relative). Overflow decisions and the scale history: identical.
+TEST_F(DenseChain, FusedMatchesOpByOpAndCpu) {
+  const Batches b = make_batches(rng_, 4);
+  const Model m = chain_model();
+  for (Precision p : {Precision::FP16, Precision::BF16}) {
+    SCOPED_TRACE(std::string(precision_name(p)));
+    const TrainRun fused = train(m, config(Device::CUDA, p), b, 20);
+    const TrainRun ops = train(m, config(Device::CUDA, p), b, 20, false);
+    const TrainRun cpu = train(m, config(Device::CPU, p), b, 20);
+    EXPECT_EQ(fused.fused, 20);
+    EXPECT_EQ(ops.fused, 0);
+    EXPECT_EQ(cpu.fused, 0);
+    ASSERT_EQ(fused.history.size(), 20u);
+    ASSERT_EQ(ops.history.size(), 20u);
+    ASSERT_EQ(cpu.history.size(), 20u);
+    for (std::size_t s = 0; s < 20; ++s) {
+      for (const TrainRun* ref : {&ops, &cpu}) {
+        EXPECT_NEAR(fused.history[s].loss, ref->history[s].loss, 2e-2 * ref->history[s].loss)
+            << "step " << s;
+        EXPECT_NEAR(fused.history[s].grad_norm, ref->history[s].grad_norm,
+                    2e-2 * ref->history[s].grad_norm)
+            << "step " << s;
+        EXPECT_EQ(fused.history[s].skipped, ref->history[s].skipped) << "step " << s;
+        EXPECT_EQ(fused.history[s].loss_scale, ref->history[s].loss_scale) << "step " << s;
+      }
+    }
+    ASSERT_EQ(fused.weights.size(), ops.weights.size());
+    EXPECT_LE(max_abs_diff(fused.weights, ops.weights), 20 * 1e-3);
+    EXPECT_LE(max_abs_diff(fused.weights, cpu.weights), 20 * 1e-3);
+    // Most weights move alike: the mean difference is far below the bound.
+    double mean = 0.0;
+    for (std::size_t i = 0; i < fused.weights.size(); ++i) {
+      mean += std::fabs(double(fused.weights[i]) - ops.weights[i]);
+    }
+    EXPECT_LE(mean / static_cast<double>(fused.weights.size()), 1e-3);
+  }
+}
+
+// SGD moves each weight by lr times its gradient: the weights agree closely where Adam's
+// normalisation would magnify a rounding of a tiny gradient (see above), and layers without bias.
+TEST_F(DenseChain, SgdWithoutBiasAndClippingMatchesOpByOp) {
+  const Batches b = make_batches(rng_, 4);
+  const Model m = chain_model(false);
+  TrainerConfig c = config(Device::CUDA, Precision::FP16);
+  c.optimizer = Optimizer::SGD;
+  c.learning_rate = 0.05f;
+  c.clip_grad_norm = 0.5f;
+  const TrainRun fused = train(m, c, b, 20);
+  const TrainRun ops = train(m, c, b, 20, false);
+  EXPECT_EQ(fused.fused, 20);
+  ASSERT_EQ(fused.weights.size(), ops.weights.size());
+  // A weight moves by lr * |clipped gradient| <= 0.05 * 0.5 a step; a one-ulp difference of a
+  // gradient (2^-11 relative) over 20 steps: 20 * 0.025 * 2^-11 ~ 2.4e-4, times a few for the
+  // differences carried through the layers.
+  EXPECT_LE(max_abs_diff(fused.weights, ops.weights), 2e-3);
+  for (std::size_t s = 0; s < 20; ++s) {
+    EXPECT_NEAR(fused.history[s].grad_norm, ops.history[s].grad_norm,
+                1e-2 * ops.history[s].grad_norm)
+        << "step " << s;
+  }
+}
+
+TEST_F(DenseChain, OverflowSkipsAndScaleHistoryMatchOpByOp) {
+  const Batches b = make_batches(rng_, 4);
+  const Model m = chain_model();
+  TrainerConfig c = config(Device::CUDA, Precision::FP16);
+  c.loss_scale.initial = 16777216.0f;  // 2^24: the logits' gradients overflow FP16 at first
+  c.loss_scale.growth_interval = 4;    // and the scale grows again within the run
+  const TrainRun fused = train(m, c, b, 24);
+  const TrainRun ops = train(m, c, b, 24, false);
+  EXPECT_EQ(fused.fused, 24);
+  ASSERT_EQ(fused.history.size(), ops.history.size());
+  int skipped = 0;
+  for (std::size_t s = 0; s < ops.history.size(); ++s) {
+    EXPECT_EQ(fused.history[s].skipped, ops.history[s].skipped) << "step " << s;
+    EXPECT_EQ(fused.history[s].loss_scale, ops.history[s].loss_scale) << "step " << s;
+    EXPECT_EQ(std::isinf(fused.history[s].grad_norm), std::isinf(ops.history[s].grad_norm))
+        << "step " << s;
+    skipped += ops.history[s].skipped ? 1 : 0;
+  }
+  EXPECT_GE(skipped, 3);
+  EXPECT_TRUE(fused.history.front().skipped);
+}
+
+// The fused kernel sums in a fixed order: a replayed graph and eager launches give the same bits.
+TEST_F(DenseChain, GraphReplayGivesTheSameBitsAsEager) {
+  const Batches b = make_batches(rng_, 4);
+  const Model m = chain_model();
+  TrainRun graph, eager;
+  {
+    ScopedEnv env("MIXTRAIN_CUDA_GRAPHS", "1");
+    graph = train(m, config(Device::CUDA, Precision::BF16), b, 12);
+  }
+  {
+    ScopedEnv env("MIXTRAIN_CUDA_GRAPHS", "0");
+    eager = train(m, config(Device::CUDA, Precision::BF16), b, 12);
+  }
+  EXPECT_EQ(graph.fused, 12);
+  EXPECT_EQ(eager.fused, 12);
+  for (std::size_t s = 0; s < graph.history.size(); ++s) {
+    EXPECT_EQ(graph.history[s].loss, eager.history[s].loss) << "step " << s;
+    EXPECT_EQ(graph.history[s].grad_norm, eager.history[s].grad_norm) << "step " << s;
+  }
+  EXPECT_EQ(graph.weights, eager.weights);
+}
+
+// What the fused step does not cover runs op by op: a batch that is not a multiple of 16 rows,
+// FP32, an activation other than ReLU.
+TEST_F(DenseChain, UncoveredStepsRunOpByOp) {
+  const Batches odd = make_batches(rng_, 2, 20);
+  EXPECT_EQ(train(chain_model(), config(Device::CUDA, Precision::FP16), odd, 4).fused, 0);
+  const Batches b = make_batches(rng_, 2);
+  EXPECT_EQ(train(chain_model(), config(Device::CUDA, Precision::FP32), b, 4).fused, 0);
+  const Model gelu =
+      ModelBuilder({kBatch, kFeatures}).dense(64).gelu(true).dense(kClasses).compile();
+  EXPECT_EQ(train(gelu, config(Device::CUDA, Precision::FP16), b, 4).fused, 0);
+  // And the covered case in the same process, for contrast.
+  EXPECT_EQ(train(chain_model(), config(Device::CUDA, Precision::FP16), b, 4).fused, 4);
+}
+
+}  // namespace
+}  // namespace mixtrain::cuda_test
