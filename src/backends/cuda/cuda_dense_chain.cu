@@ -46,6 +46,8 @@ constexpr int kTileElems = kTile * kTile;
 constexpr int kMaxLayers = 8;
 constexpr int kMaxRows = kWarps * kTile;  // a weight-gradient tile's reduction: 8 chunks at most
 constexpr int kMaxHeadOut = kWarp;        // one class per lane
+// Packs each thread of the optimizer phase loads before it updates any (cuda_optimizer.cuh).
+constexpr int kOptimizerUnroll = 4;
 
 template <typename T>
 struct ChainLayer {
@@ -117,7 +119,7 @@ __device__ __forceinline__ void tile_product(const T* A, int lda, const T* B, in
   wmma::fill_fragment(acc, 0.0f);
   wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, T, wmma::row_major> fa;
   wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, T, LayoutB> fb;
-#pragma unroll 2
+#pragma unroll 4
   for (int kc = w; kc < chunks; kc += kWarps) {
     wmma::load_matrix_sync(fa, A + kc * kTile, static_cast<unsigned>(lda));
     const T* bt = std::is_same_v<LayoutB, wmma::row_major>
@@ -144,14 +146,15 @@ __device__ void forward_tile(const ChainArgs<T>& a, int l, int rt, int ct, std::
   const ChainLayer<T>& L = a.l[l];
   const T* in = layer_input(a, l);
   const int r0 = rt * kTile, n0 = ct * kTile;
+  const int r = r0 + static_cast<int>(threadIdx.x) / kTile;
+  const int c = n0 + static_cast<int>(threadIdx.x) % kTile;
+  const float bias = L.b != nullptr ? Dev<T>::load(L.b[c]) : 0.0f;  // loaded while the product runs
   tile_product<T, wmma::col_major>(in + static_cast<std::int64_t>(r0) * L.in, L.in,
                                    L.w + static_cast<std::int64_t>(n0) * L.in, L.in, L.in / kTile,
                                    red);
   __syncthreads();
-  const int r = r0 + static_cast<int>(threadIdx.x) / kTile;
-  const int c = n0 + static_cast<int>(threadIdx.x) % kTile;
   float z = tile_sum(red);
-  if (L.b != nullptr) z += Dev<T>::load(L.b[c]);
+  if (L.b != nullptr) z += bias;
   const float v = L.relu ? activation_value(Activation::ReLU, 0.0f, z) : z;
   const std::int64_t i = static_cast<std::int64_t>(r) * L.out + c;
   const T y = Dev<T>::store(v);
@@ -170,34 +173,48 @@ __device__ void head_row(const ChainArgs<T>& a, int r) {
   const ChainLayer<T>& L = a.l[h];
   const T* x = layer_input(a, h) + static_cast<std::int64_t>(r) * L.in;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
-  float logit = -INFINITY;
-  for (int c = 0; c < L.out; ++c) {
-    const T* w = L.w + static_cast<std::int64_t>(c) * L.in;
-    float s = 0.0f;
-    for (int k = lane * 8; k < L.in; k += kWarp * 8) {
-      float xv[8], wv[8];
-      load_pack<8>(x + k, xv);
-      load_pack<8>(w + k, wv);
+  // Loaded first, so that their latency overlaps the products'.
+  const std::int32_t label = a.labels[r];
+  const float gscale = a.control->loss_scale / static_cast<float>(a.rows);
+  const float bias = L.b != nullptr && lane < L.out ? Dev<T>::load(L.b[lane]) : 0.0f;
+  // Each lane's share of every class's dot product in one pass over the row (one load of x),
+  // then a warp sum per class.
+  float part[kMaxHeadOut];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) s = fmaf(xv[j], wv[j], s);
+  for (int c = 0; c < kMaxHeadOut; ++c) part[c] = 0.0f;
+  for (int k = lane * 8; k < L.in; k += kWarp * 8) {
+    float xv[8];
+    load_pack<8>(x + k, xv);
+#pragma unroll
+    for (int c = 0; c < kMaxHeadOut; ++c) {
+      if (c < L.out) {
+        float wv[8];
+        load_pack<8>(L.w + static_cast<std::int64_t>(c) * L.in + k, wv);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) part[c] = fmaf(xv[j], wv[j], part[c]);
+      }
     }
-    s = warp_sum(s);
-    if (lane == c) {
-      const float z = L.b != nullptr ? s + Dev<T>::load(L.b[c]) : s;
-      const T stored = Dev<T>::store(z);
-      L.y[static_cast<std::int64_t>(r) * L.out + c] = stored;
-      logit = Dev<T>::load(stored);
+  }
+  float logit = -INFINITY;
+#pragma unroll
+  for (int c = 0; c < kMaxHeadOut; ++c) {
+    if (c < L.out) {
+      const float sum = warp_sum(part[c]);
+      if (lane == c) {
+        const float z = L.b != nullptr ? sum + bias : sum;
+        const T stored = Dev<T>::store(z);
+        L.y[static_cast<std::int64_t>(r) * L.out + c] = stored;
+        logit = Dev<T>::load(stored);
+      }
     }
   }
   const bool mine = lane < L.out;
   const float mx = warp_max(mine ? logit : -INFINITY);
   const double e = mine ? exp(static_cast<double>(logit - mx)) : 0.0;
   const float lse = mx + static_cast<float>(log(warp_sum(e)));
-  const std::int32_t label = a.labels[r];
   const double term = lane == label ? static_cast<double>(lse - logit) : 0.0;
   const double row_loss = warp_sum(term);
   if (mine) {
-    const float gscale = a.control->loss_scale / static_cast<float>(a.rows);
     const float p = expf(logit - lse);
     const float t = lane == label ? 1.0f : 0.0f;
     L.dz[static_cast<std::int64_t>(r) * L.out + lane] = Dev<T>::store((p - t) * gscale);
@@ -216,6 +233,8 @@ __device__ void input_grad_tile(const ChainArgs<T>& a, int l, int rt, int ct, st
   const int r0 = rt * kTile, n0 = ct * kTile;
   const int r = r0 + static_cast<int>(threadIdx.x) / kTile;
   const int c = n0 + static_cast<int>(threadIdx.x) % kTile;
+  const std::int64_t i = static_cast<std::int64_t>(r) * L.out + c;
+  const float y = L.relu ? Dev<T>::load(L.y[i]) : 0.0f;  // loaded while the product runs
   float acc = 0.0f;
   if (N.out % kTile == 0) {
     tile_product<T, wmma::row_major>(N.dz + static_cast<std::int64_t>(r0) * N.out, N.out, N.w + n0,
@@ -229,24 +248,45 @@ __device__ void input_grad_tile(const ChainArgs<T>& a, int l, int rt, int ct, st
                  acc);
     }
   }
-  const std::int64_t i = static_cast<std::int64_t>(r) * L.out + c;
   float g = Dev<T>::load(Dev<T>::store(acc));
   if (L.dropped != nullptr) {
     g = keeps(key, L.rate, i) ? Dev<T>::load(Dev<T>::store(g * L.keep_scale)) : 0.0f;
   }
-  if (L.relu) {
-    const float y = Dev<T>::load(L.y[i]);
-    g = g * activation_derivative(Activation::ReLU, 0.0f, y, y);
-  }
+  if (L.relu) g = g * activation_derivative(Activation::ReLU, 0.0f, y, y);
   L.dz[i] = Dev<T>::store(g);
   __syncthreads();  // red is reused by the next job
+}
+
+// Bias gradients: out[c0 + c] = the sum over rows of m[r, c0 + c] (m [rows, ld] row-major) for
+// c < cols <= kCols, every thread of the block taking part (kThreads / kCols row groups, their
+// partials added in group order). Block-uniform: it synchronises.
+template <int kCols, typename T>
+__device__ void column_sums(const T* m, int ld, int rows, int c0, int cols, float* out, float* part,
+                            float inv, NormAcc& norm) {
+  constexpr int kGroups = kThreads / kCols;
+  const int c = static_cast<int>(threadIdx.x) % kCols;
+  const int g = static_cast<int>(threadIdx.x) / kCols;
+  float s = 0.0f;
+  if (c < cols) {
+    for (int r = g; r < rows; r += kGroups)
+      s += Dev<T>::load(m[static_cast<std::int64_t>(r) * ld + c0 + c]);
+  }
+  part[threadIdx.x] = s;
+  __syncthreads();
+  if (static_cast<int>(threadIdx.x) < cols) {
+    float total = 0.0f;
+    for (int k = 0; k < kGroups; ++k) total += part[k * kCols + threadIdx.x];
+    out[c0 + threadIdx.x] = total;
+    norm.add(total, inv);
+  }
+  __syncthreads();
 }
 
 // Weight-gradient job of a hidden-size layer: rows m0.. m0 + 15 of dW = dz^T x, column tiles
 // 8 g .. 8 g + 7 (one per warp), and with g == 0 the bias gradients of those 16 units.
 template <typename T>
 __device__ void weight_grad_block(const ChainArgs<T>& a, int l, int mt, int g, float* red,
-                                  float inv, NormAcc& norm) {
+                                  float* part, float inv, NormAcc& norm) {
   const ChainLayer<T>& L = a.l[l];
   const T* x = layer_input(a, l);
   const int w = static_cast<int>(threadIdx.x) / kWarp;
@@ -259,7 +299,9 @@ __device__ void weight_grad_block(const ChainArgs<T>& a, int l, int mt, int g, f
     wmma::fill_fragment(acc, 0.0f);
     wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, T, wmma::col_major> fa;
     wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, T, wmma::row_major> fb;
-    for (int kc = 0; kc < a.rows / kTile; ++kc) {
+#pragma unroll
+    for (int kc = 0; kc < kMaxRows / kTile; ++kc) {
+      if (kc >= a.rows / kTile) break;
       const std::int64_t row = static_cast<std::int64_t>(kc) * kTile;
       wmma::load_matrix_sync(fa, L.dz + row * L.out + m0, static_cast<unsigned>(L.out));
       wmma::load_matrix_sync(fb, x + row * L.in + n0, static_cast<unsigned>(L.in));
@@ -278,47 +320,56 @@ __device__ void weight_grad_block(const ChainArgs<T>& a, int l, int mt, int g, f
     store_pack<8>(L.gw + static_cast<std::int64_t>(m0 + row) * L.in + n0 + col, v);
     __syncwarp();
   }
-  if (g == 0 && L.gb != nullptr && threadIdx.x < kTile) {
-    const int u = m0 + static_cast<int>(threadIdx.x);
-    float s = 0.0f;
-    for (int r = 0; r < a.rows; ++r)
-      s += Dev<T>::load(L.dz[static_cast<std::int64_t>(r) * L.out + u]);
-    L.gb[u] = s;
-    norm.add(s, inv);
-  }
+  if (g == 0 && L.gb != nullptr)
+    column_sums<kTile>(L.dz, L.out, a.rows, m0, kTile, L.gb, part, inv, norm);
 }
 
-// The head's weight gradient (a thread per element, jobs of kThreads elements) and, in job 0,
-// its bias gradient.
+// The head's weight gradient, a job per class j: dW[j, k] = sum over rows of dz[r, j] x[r, k], the
+// rows dealt to the warps (lanes over k, eight columns each), the warps' partials added in warp
+// order; and, in job 0, the head's bias gradients.
 template <typename T>
-__device__ void head_weight_grad(const ChainArgs<T>& a, int job, float inv, NormAcc& norm) {
+__device__ void head_weight_grad(const ChainArgs<T>& a, int j, float* red, float* part, float inv,
+                                 NormAcc& norm) {
   const ChainLayer<T>& L = a.l[a.layers - 1];
   const T* x = layer_input(a, a.layers - 1);
-  const int e = job * kThreads + static_cast<int>(threadIdx.x);
-  if (e < L.out * L.in) {
-    const int j = e / L.in, k = e % L.in;
-    float s = 0.0f;
-    for (int r = 0; r < a.rows; ++r) {
-      s = fmaf(Dev<T>::load(L.dz[static_cast<std::int64_t>(r) * L.out + j]),
-               Dev<T>::load(x[static_cast<std::int64_t>(r) * L.in + k]), s);
+  const int w = static_cast<int>(threadIdx.x) / kWarp;
+  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+  constexpr int kSpan = kWarp * 8;  // columns of one pass
+  for (int k0 = 0; k0 < L.in; k0 += kSpan) {
+    const int k = k0 + lane * 8;
+    float acc[8] = {};
+    if (k < L.in) {
+      for (int r = w; r < a.rows; r += kWarps) {
+        const float d = Dev<T>::load(L.dz[static_cast<std::int64_t>(r) * L.out + j]);
+        float xv[8];
+        load_pack<8>(x + static_cast<std::int64_t>(r) * L.in + k, xv);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[e] = fmaf(d, xv[e], acc[e]);
+      }
     }
-    const T stored = Dev<T>::store(s);
-    L.gw[e] = stored;
-    norm.add(Dev<T>::load(stored), inv);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) red[w * kSpan + lane * 8 + e] = acc[e];
+    __syncthreads();
+    const int kk = k0 + static_cast<int>(threadIdx.x);
+    if (kk < L.in) {
+      float s = 0.0f;
+#pragma unroll
+      for (int v = 0; v < kWarps; ++v) s += red[v * kSpan + threadIdx.x];
+      const T stored = Dev<T>::store(s);
+      L.gw[static_cast<std::int64_t>(j) * L.in + kk] = stored;
+      norm.add(Dev<T>::load(stored), inv);
+    }
+    __syncthreads();
   }
-  if (job == 0 && L.gb != nullptr && static_cast<int>(threadIdx.x) < L.out) {
-    const int j = static_cast<int>(threadIdx.x);
-    float s = 0.0f;
-    for (int r = 0; r < a.rows; ++r)
-      s += Dev<T>::load(L.dz[static_cast<std::int64_t>(r) * L.out + j]);
-    L.gb[j] = s;
-    norm.add(s, inv);
+  if (j == 0 && L.gb != nullptr) {
+    column_sums<kWarp>(L.dz, L.out, a.rows, 0, L.out, L.gb, part, inv, norm);
   }
 }
 
 template <int kKind, typename T>
 __global__ void __launch_bounds__(kThreads) dense_chain_kernel(ChainArgs<T> a) {
   __shared__ __align__(32) float red[kWarps * kTileElems];
+  __shared__ float part[kThreads];
   __shared__ double shared[kWarps];
   cg::grid_group grid = cg::this_grid();
   const int blocks = static_cast<int>(gridDim.x);
@@ -349,25 +400,25 @@ __global__ void __launch_bounds__(kThreads) dense_chain_kernel(ChainArgs<T> a) {
   for (int l = a.layers - 1; l >= 0; --l) {
     const ChainLayer<T>& L = a.l[l];
     const bool head = l == a.layers - 1;
-    const int dw_jobs = head ? (L.out * L.in + kThreads - 1) / kThreads
-                             : (L.out / kTile) * ((L.in / kTile + kWarps - 1) / kWarps);
+    const int dw_jobs = head ? L.out : (L.out / kTile) * ((L.in / kTile + kWarps - 1) / kWarps);
     const int dx_jobs = l > 0 ? row_tiles * (a.l[l - 1].out / kTile) : 0;
     const int groups = (L.in / kTile + kWarps - 1) / kWarps;
     for (int job = block; job < dw_jobs + dx_jobs; job += blocks) {
       if (job < dx_jobs) {  // the input gradients first: their products are the longer ones
         input_grad_tile(a, l - 1, job % row_tiles, job / row_tiles, keys[l - 1], red);
       } else if (head) {
-        head_weight_grad(a, job - dx_jobs, inv, norm);
+        head_weight_grad(a, job - dx_jobs, red, part, inv, norm);
       } else {
         const int j = job - dx_jobs;
-        weight_grad_block(a, l, j / groups, j % groups, red, inv, norm);
+        weight_grad_block(a, l, j / groups, j % groups, red, part, inv, norm);
         __syncthreads();
       }
     }
-    grid.sync();
+    if (l > 0) grid.sync();
   }
 
-  // Every block adds the partials in block order: the same norm and flag in each.
+  // The blocks' gradient-check partials; after the barrier every block adds them in block order:
+  // the same norm and flag in each.
   {
     const int any_bad = __syncthreads_or(norm.bad ? 1 : 0);
     const double total = block_sum(norm.sum, shared);
@@ -400,10 +451,10 @@ __global__ void __launch_bounds__(kThreads) dense_chain_kernel(ChainArgs<T> a) {
     const OptimizerStepScalars sc = step_scalars(a.opt.hyper, a.opt.max_grad_norm, c);
     const Optimizer kind = kKind != kAnyKind ? static_cast<Optimizer>(kKind) : a.opt.hyper.kind;
     constexpr int kSlots = fixed_slots(kKind);
-    optimizer_range<kSlots, T, T, 4>(a.opt, kind, sc, a.working, static_cast<const T*>(a.opt.lowp),
-                                     0, a.opt.lowp_count);
-    optimizer_range<kSlots, T, float, 4>(a.opt, kind, sc, a.working, a.opt.f32, a.opt.lowp_count,
-                                         a.opt.count);
+    optimizer_range<kSlots, T, T, 4, kOptimizerUnroll>(
+        a.opt, kind, sc, a.working, static_cast<const T*>(a.opt.lowp), 0, a.opt.lowp_count);
+    optimizer_range<kSlots, T, float, 4, kOptimizerUnroll>(a.opt, kind, sc, a.working, a.opt.f32,
+                                                           a.opt.lowp_count, a.opt.count);
   }
   if (last_block_done(a.counter) && threadIdx.x == 0) {
     double loss = 0.0;
@@ -416,8 +467,19 @@ __global__ void __launch_bounds__(kThreads) dense_chain_kernel(ChainArgs<T> a) {
   }
 }
 
+// Two blocks an SM where they fit: small_mlp's phases have up to ~200 jobs, which then run in one
+// round, and the optimizer phase's loop is half as long; a grid-wide barrier costs about 1 us
+// either way (measured on the H200 with 132 blocks).
+constexpr int kBlocksPerSm = 2;
+
 template <int kKind, typename T>
-void launch_chain(const ChainArgs<T>& a, int blocks, cudaStream_t stream) {
+void launch_chain(ChainArgs<T> a, int sm_count, cudaStream_t stream) {
+  int per_sm = 0;
+  MIXTRAIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &per_sm, dense_chain_kernel<kKind, T>, kThreads, 0));
+  if (per_sm < 1) throw DeviceError("dense_chain_step: the fused kernel does not fit on an SM");
+  const int blocks = sm_count * std::min(per_sm, kBlocksPerSm);
+  a.bad_partial = reinterpret_cast<int*>(a.norm_partial + blocks);
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>(blocks));
   config.blockDim = dim3(kThreads);
@@ -431,19 +493,19 @@ void launch_chain(const ChainArgs<T>& a, int blocks, cudaStream_t stream) {
 }
 
 template <typename T>
-void launch_chain_for(const ChainArgs<T>& a, int blocks, cudaStream_t stream) {
+void launch_chain_for(const ChainArgs<T>& a, int sm_count, cudaStream_t stream) {
   switch (a.opt.hyper.kind) {
     case Optimizer::Adam:
-      launch_chain<static_cast<int>(Optimizer::Adam)>(a, blocks, stream);
+      launch_chain<static_cast<int>(Optimizer::Adam)>(a, sm_count, stream);
       break;
     case Optimizer::AdamW:
-      launch_chain<static_cast<int>(Optimizer::AdamW)>(a, blocks, stream);
+      launch_chain<static_cast<int>(Optimizer::AdamW)>(a, sm_count, stream);
       break;
     case Optimizer::SGD:
-      launch_chain<static_cast<int>(Optimizer::SGD)>(a, blocks, stream);
+      launch_chain<static_cast<int>(Optimizer::SGD)>(a, sm_count, stream);
       break;
     default:
-      launch_chain<kAnyKind>(a, blocks, stream);
+      launch_chain<kAnyKind>(a, sm_count, stream);
       break;
   }
 }
@@ -499,9 +561,8 @@ bool CudaBackend::dense_chain_step(const DenseChainStep& s) {
   if (s.control == nullptr || s.optimizer.control != s.control) {
     throw Error("internal: dense_chain_step needs the optimizer's own control block");
   }
-  const std::size_t partial_bytes =
-      sizeof(double) * static_cast<std::size_t>(kMaxRows + 2 * sm_count_) +
-      sizeof(int) * static_cast<std::size_t>(sm_count_);
+  const auto max_blocks = static_cast<std::size_t>(kBlocksPerSm * sm_count_);
+  const std::size_t partial_bytes = sizeof(double) * (kMaxRows + 2 * max_blocks);
   if (partial_bytes > scratch_bytes_) return false;
   // Validates the optimizer's arguments like the op-by-op pass.
   const OptimizerArgs opt = optimizer_args(s.optimizer);
@@ -534,7 +595,6 @@ bool CudaBackend::dense_chain_step(const DenseChainStep& s) {
       auto* doubles = static_cast<double*>(scratch_);
       a.row_loss = doubles;
       a.norm_partial = doubles + kMaxRows;
-      a.bad_partial = reinterpret_cast<int*>(doubles + kMaxRows + sm_count_);
       a.opt = opt;
       a.working = static_cast<T*>(s.optimizer.working.ptr);
       a.control = s.control;

@@ -77,8 +77,10 @@ __host__ __device__ constexpr int fixed_slots(int kind) {
 // per thread and iteration. The launch gives every pack its own thread when it can: measured on
 // an H200 (36.8M Adam parameters), a grid covering the array streams at memcpy speed (4.0 TB/s)
 // where a grid-stride loop over a capped grid reached 3.6-3.8 TB/s, and neither unrolling two
-// packs nor evict-first (.cs) loads and stores helped.
-template <int kSlots, typename W, typename G, int kVec>
+// packs nor evict-first (.cs) loads and stores helped. kUnroll > 1 is for a fixed grid that loops
+// (the fused dense-chain step): each thread loads kUnroll packs before it updates any, so the
+// iterations' memory latencies overlap instead of adding up.
+template <int kSlots, typename W, typename G, int kVec, int kUnroll = 1>
 __device__ __forceinline__ void optimizer_range(const OptimizerArgs& a, Optimizer kind,
                                                 const OptimizerStepScalars& sc, W* working,
                                                 const G* grad, std::int64_t begin,
@@ -87,34 +89,47 @@ __device__ __forceinline__ void optimizer_range(const OptimizerArgs& a, Optimize
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   const std::int64_t packs = (end - begin) / kVec;
   const int slots = kSlots >= 0 ? kSlots : a.slots;
-  for (std::int64_t v = tid; v < packs; v += stride) {
-    const std::int64_t i = begin + v * kVec;
-    Pack<float, kVec> p = *reinterpret_cast<const Pack<float, kVec>*>(a.master + i);
-    const Pack<G, kVec> g = *reinterpret_cast<const Pack<G, kVec>*>(grad + v * kVec);
-    Pack<float, kVec> s[kMaxOptimizerSlots];
+  for (std::int64_t v0 = tid; v0 < packs; v0 += stride * kUnroll) {
+    Pack<float, kVec> p[kUnroll];
+    Pack<G, kVec> g[kUnroll];
+    Pack<float, kVec> s[kUnroll][kMaxOptimizerSlots];
 #pragma unroll
-    for (int k = 0; k < kMaxOptimizerSlots; ++k) {
-      if (k < slots) s[k] = *reinterpret_cast<const Pack<float, kVec>*>(a.state[k] + i);
-    }
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      float st_j[kMaxOptimizerSlots] = {};
-#pragma unroll
-      for (int k = 0; k < kMaxOptimizerSlots; ++k) {
-        if (k < slots) st_j[k] = s[k].v[j];
-      }
-      optimizer_update_element(a.hyper, kind, sc, p.v[j], Dev<G>::load(g.v[j]), st_j);
+    for (int u = 0; u < kUnroll; ++u) {
+      const std::int64_t v = v0 + u * stride;
+      if (v >= packs) break;
+      const std::int64_t i = begin + v * kVec;
+      p[u] = *reinterpret_cast<const Pack<float, kVec>*>(a.master + i);
+      g[u] = *reinterpret_cast<const Pack<G, kVec>*>(grad + v * kVec);
 #pragma unroll
       for (int k = 0; k < kMaxOptimizerSlots; ++k) {
-        if (k < slots) s[k].v[j] = st_j[k];
+        if (k < slots) s[u][k] = *reinterpret_cast<const Pack<float, kVec>*>(a.state[k] + i);
       }
     }
-    *reinterpret_cast<Pack<float, kVec>*>(a.master + i) = p;
 #pragma unroll
-    for (int k = 0; k < kMaxOptimizerSlots; ++k) {
-      if (k < slots) *reinterpret_cast<Pack<float, kVec>*>(a.state[k] + i) = s[k];
+    for (int u = 0; u < kUnroll; ++u) {
+      const std::int64_t v = v0 + u * stride;
+      if (v >= packs) break;
+      const std::int64_t i = begin + v * kVec;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        float st_j[kMaxOptimizerSlots] = {};
+#pragma unroll
+        for (int k = 0; k < kMaxOptimizerSlots; ++k) {
+          if (k < slots) st_j[k] = s[u][k].v[j];
+        }
+        optimizer_update_element(a.hyper, kind, sc, p[u].v[j], Dev<G>::load(g[u].v[j]), st_j);
+#pragma unroll
+        for (int k = 0; k < kMaxOptimizerSlots; ++k) {
+          if (k < slots) s[u][k].v[j] = st_j[k];
+        }
+      }
+      *reinterpret_cast<Pack<float, kVec>*>(a.master + i) = p[u];
+#pragma unroll
+      for (int k = 0; k < kMaxOptimizerSlots; ++k) {
+        if (k < slots) *reinterpret_cast<Pack<float, kVec>*>(a.state[k] + i) = s[u][k];
+      }
+      if constexpr (!std::is_same_v<W, NoWorking>) store_pack<kVec>(working + i, p[u].v);
     }
-    if constexpr (!std::is_same_v<W, NoWorking>) store_pack<kVec>(working + i, p.v);
   }
   // Tail (a range not a multiple of kVec).
   for (std::int64_t i = begin + packs * kVec + tid; i < end; i += stride) {
