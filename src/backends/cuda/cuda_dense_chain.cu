@@ -47,7 +47,7 @@ constexpr int kMaxLayers = 8;
 constexpr int kMaxRows = kWarps * kTile;  // a weight-gradient tile's reduction: 8 chunks at most
 constexpr int kMaxHeadOut = kWarp;        // one class per lane
 // Packs each thread of the optimizer phase loads before it updates any (cuda_optimizer.cuh).
-constexpr int kOptimizerUnroll = 4;
+constexpr int kOptimizerUnroll = 2;
 
 template <typename T>
 struct ChainLayer {
@@ -165,61 +165,88 @@ __device__ void forward_tile(const ChainArgs<T>& a, int l, int rt, int ct, std::
   __syncthreads();  // red is reused by the next job
 }
 
-// The head's forward pass and the loss, one warp per row: logits (rounded as the GEMM stores
-// them), the cross-entropy of cuda_loss.cu's kernel and d(loss * scale)/d logits.
+// The head's forward pass, the loss and the start of the backward pass of row r, by one block:
+// logits (rounded as the GEMM stores them; every thread takes a share of the products, the
+// warps' sums added in warp order), the cross-entropy of cuda_loss.cu's kernel in warp 0,
+// d(loss * scale) / d logits, and the row of the previous layer's pre-activation gradient
+// (row-local products, so no phase of their own), through that layer's dropout and ReLU
+// backward, rounded where the op-by-op step stores. One warp per row ran ~3x longer: a few
+// hundred dependent instructions per warp, on 8 SMs.
 template <typename T>
-__device__ void head_row(const ChainArgs<T>& a, int r) {
+__device__ void head_row(const ChainArgs<T>& a, int r, std::uint64_t prev_key, float* red) {
   const int h = a.layers - 1;
   const ChainLayer<T>& L = a.l[h];
+  const ChainLayer<T>& P = a.l[h - 1];
   const T* x = layer_input(a, h) + static_cast<std::int64_t>(r) * L.in;
-  const int lane = static_cast<int>(threadIdx.x) % kWarp;
-  // Loaded first, so that their latency overlaps the products'.
-  const std::int32_t label = a.labels[r];
-  const float gscale = a.control->loss_scale / static_cast<float>(a.rows);
-  const float bias = L.b != nullptr && lane < L.out ? Dev<T>::load(L.b[lane]) : 0.0f;
-  // Each lane's share of every class's dot product in one pass over the row (one load of x),
-  // then a warp sum per class.
+  const int t = static_cast<int>(threadIdx.x);
+  const int w = t / kWarp, lane = t % kWarp;
   float part[kMaxHeadOut];
 #pragma unroll
   for (int c = 0; c < kMaxHeadOut; ++c) part[c] = 0.0f;
-  for (int k = lane * 8; k < L.in; k += kWarp * 8) {
-    float xv[8];
-    load_pack<8>(x + k, xv);
+  for (int k = t; k < L.in; k += kThreads) {
+    const float xv = Dev<T>::load(x[k]);
 #pragma unroll
     for (int c = 0; c < kMaxHeadOut; ++c) {
       if (c < L.out) {
-        float wv[8];
-        load_pack<8>(L.w + static_cast<std::int64_t>(c) * L.in + k, wv);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) part[c] = fmaf(xv[j], wv[j], part[c]);
+        part[c] = fmaf(xv, Dev<T>::load(L.w[static_cast<std::int64_t>(c) * L.in + k]), part[c]);
       }
     }
   }
-  float logit = -INFINITY;
 #pragma unroll
   for (int c = 0; c < kMaxHeadOut; ++c) {
     if (c < L.out) {
-      const float sum = warp_sum(part[c]);
-      if (lane == c) {
-        const float z = L.b != nullptr ? sum + bias : sum;
-        const T stored = Dev<T>::store(z);
-        L.y[static_cast<std::int64_t>(r) * L.out + c] = stored;
-        logit = Dev<T>::load(stored);
-      }
+      const float s = warp_sum(part[c]);
+      if (lane == 0) red[w * kMaxHeadOut + c] = s;
     }
   }
-  const bool mine = lane < L.out;
-  const float mx = warp_max(mine ? logit : -INFINITY);
-  const double e = mine ? exp(static_cast<double>(logit - mx)) : 0.0;
-  const float lse = mx + static_cast<float>(log(warp_sum(e)));
-  const double term = lane == label ? static_cast<double>(lse - logit) : 0.0;
-  const double row_loss = warp_sum(term);
-  if (mine) {
-    const float p = expf(logit - lse);
-    const float t = lane == label ? 1.0f : 0.0f;
-    L.dz[static_cast<std::int64_t>(r) * L.out + lane] = Dev<T>::store((p - t) * gscale);
+  __syncthreads();
+  float* dlogits = red + kWarps * kMaxHeadOut;
+  if (w == 0) {
+    const bool mine = lane < L.out;
+    const std::int32_t label = a.labels[r];
+    const float gscale = a.control->loss_scale / static_cast<float>(a.rows);
+    float logit = -INFINITY;
+    if (mine) {
+      float z = L.b != nullptr ? Dev<T>::load(L.b[lane]) : 0.0f;
+      float sum = 0.0f;
+      for (int v = 0; v < kWarps; ++v) sum += red[v * kMaxHeadOut + lane];
+      z += sum;
+      const T stored = Dev<T>::store(z);
+      L.y[static_cast<std::int64_t>(r) * L.out + lane] = stored;
+      logit = Dev<T>::load(stored);
+    }
+    const float mx = warp_max(mine ? logit : -INFINITY);
+    const double e = mine ? exp(static_cast<double>(logit - mx)) : 0.0;
+    const float lse = mx + static_cast<float>(log(warp_sum(e)));
+    const double term = lane == label ? static_cast<double>(lse - logit) : 0.0;
+    const double row_loss = warp_sum(term);
+    if (mine) {
+      const float p = expf(logit - lse);
+      const float tc = lane == label ? 1.0f : 0.0f;
+      const T stored = Dev<T>::store((p - tc) * gscale);
+      L.dz[static_cast<std::int64_t>(r) * L.out + lane] = stored;
+      dlogits[lane] = Dev<T>::load(stored);
+    }
+    if (lane == 0) a.row_loss[r] = row_loss;
   }
-  if (lane == 0) a.row_loss[r] = row_loss;
+  __syncthreads();
+  for (int c = t; c < P.out; c += kThreads) {
+    const std::int64_t i = static_cast<std::int64_t>(r) * P.out + c;
+    float acc = 0.0f;
+    for (int j = 0; j < L.out; ++j) {
+      acc = fmaf(dlogits[j], Dev<T>::load(L.w[static_cast<std::int64_t>(j) * L.in + c]), acc);
+    }
+    float g = Dev<T>::load(Dev<T>::store(acc));
+    if (P.dropped != nullptr) {
+      g = keeps(prev_key, P.rate, i) ? Dev<T>::load(Dev<T>::store(g * P.keep_scale)) : 0.0f;
+    }
+    if (P.relu) {
+      const float y = Dev<T>::load(P.y[i]);
+      g = g * activation_derivative(Activation::ReLU, 0.0f, y, y);
+    }
+    P.dz[i] = Dev<T>::store(g);
+  }
+  __syncthreads();  // red is reused by the next row
 }
 
 // The input gradient of layer l + 1 at tile (rt, ct) of layer l's output, through layer l's
@@ -235,19 +262,10 @@ __device__ void input_grad_tile(const ChainArgs<T>& a, int l, int rt, int ct, st
   const int c = n0 + static_cast<int>(threadIdx.x) % kTile;
   const std::int64_t i = static_cast<std::int64_t>(r) * L.out + c;
   const float y = L.relu ? Dev<T>::load(L.y[i]) : 0.0f;  // loaded while the product runs
-  float acc = 0.0f;
-  if (N.out % kTile == 0) {
-    tile_product<T, wmma::row_major>(N.dz + static_cast<std::int64_t>(r0) * N.out, N.out, N.w + n0,
-                                     N.in, N.out / kTile, red);
-    __syncthreads();
-    acc = tile_sum(red);
-  } else {  // the head's few classes
-    const T* dz = N.dz + static_cast<std::int64_t>(r) * N.out;
-    for (int j = 0; j < N.out; ++j) {
-      acc = fmaf(Dev<T>::load(dz[j]), Dev<T>::load(N.w[static_cast<std::int64_t>(j) * N.in + c]),
-                 acc);
-    }
-  }
+  tile_product<T, wmma::row_major>(N.dz + static_cast<std::int64_t>(r0) * N.out, N.out, N.w + n0,
+                                   N.in, N.out / kTile, red);
+  __syncthreads();
+  const float acc = tile_sum(red);
   float g = Dev<T>::load(Dev<T>::store(acc));
   if (L.dropped != nullptr) {
     g = keeps(key, L.rate, i) ? Dev<T>::load(Dev<T>::store(g * L.keep_scale)) : 0.0f;
@@ -389,33 +407,49 @@ __global__ void __launch_bounds__(kThreads) dense_chain_kernel(ChainArgs<T> a) {
     }
     grid.sync();
   }
-  {
-    const int warp = static_cast<int>(threadIdx.x) / kWarp;
-    for (int r = block * kWarps + warp; r < a.rows; r += blocks * kWarps) head_row(a, r);
-  }
+  for (int r = block; r < a.rows; r += blocks) head_row(a, r, keys[a.layers - 2], red);
   grid.sync();
 
-  // Backward: layer l's weight gradient and the input gradient of layer l - 1, one phase each.
+  // Backward, a phase per hidden layer l: its weight gradient and the input gradient of layer
+  // l - 1 (and, in the first, the head's weight gradient; the head's input gradient ran with the
+  // loss).
   NormAcc norm;
-  for (int l = a.layers - 1; l >= 0; --l) {
+  const int h = a.layers - 1;
+  for (int l = h - 1; l >= 0; --l) {
     const ChainLayer<T>& L = a.l[l];
-    const bool head = l == a.layers - 1;
-    const int dw_jobs = head ? L.out : (L.out / kTile) * ((L.in / kTile + kWarps - 1) / kWarps);
-    const int dx_jobs = l > 0 ? row_tiles * (a.l[l - 1].out / kTile) : 0;
+    const int head_jobs = l == h - 1 ? a.l[h].out : 0;
     const int groups = (L.in / kTile + kWarps - 1) / kWarps;
-    for (int job = block; job < dw_jobs + dx_jobs; job += blocks) {
+    const int dw_jobs = (L.out / kTile) * groups;
+    const int dx_jobs = l > 0 ? row_tiles * (a.l[l - 1].out / kTile) : 0;
+    for (int job = block; job < dx_jobs + head_jobs + dw_jobs; job += blocks) {
       if (job < dx_jobs) {  // the input gradients first: their products are the longer ones
         input_grad_tile(a, l - 1, job % row_tiles, job / row_tiles, keys[l - 1], red);
-      } else if (head) {
+      } else if (job < dx_jobs + head_jobs) {
         head_weight_grad(a, job - dx_jobs, red, part, inv, norm);
       } else {
-        const int j = job - dx_jobs;
+        const int j = job - dx_jobs - head_jobs;
         weight_grad_block(a, l, j / groups, j % groups, red, part, inv, norm);
         __syncthreads();
       }
     }
     if (l > 0) grid.sync();
   }
+
+  // The optimizer's first packs: master weights and state are loaded before the barrier (the
+  // step does not write them before its update), gradients after it, and both while the blocks
+  // add the gradient-check partials, on which only the update depends. The fp32 range's first
+  // packs go to the grid's last threads.
+  constexpr int kSlots = fixed_slots(kKind);
+  const std::int64_t tid = static_cast<std::int64_t>(block) * kThreads + threadIdx.x;
+  const std::int64_t stride = static_cast<std::int64_t>(blocks) * kThreads;
+  const std::int64_t tid32 = stride - 1 - tid;
+  const std::int64_t lowp_packs = a.opt.lowp_count / 4;
+  const std::int64_t f32_packs = (a.opt.count - a.opt.lowp_count) / 4;
+  const T* lowp = static_cast<const T*>(a.opt.lowp);
+  PackBatch<kSlots, T, 4, kOptimizerUnroll> first;
+  PackBatch<kSlots, float, 4, 1> first32;
+  first.load_params(a.opt, 0, lowp_packs, tid, stride);
+  first32.load_params(a.opt, a.opt.lowp_count, f32_packs, tid32, stride);
 
   // The blocks' gradient-check partials; after the barrier every block adds them in block order:
   // the same norm and flag in each.
@@ -428,6 +462,8 @@ __global__ void __launch_bounds__(kThreads) dense_chain_kernel(ChainArgs<T> a) {
     }
   }
   grid.sync();
+  first.load_grads(lowp, lowp_packs, tid, stride);
+  first32.load_grads(a.opt.f32, f32_packs, tid32, stride);
   __shared__ float step_norm_sq;
   __shared__ int step_bad;
   {
@@ -450,11 +486,13 @@ __global__ void __launch_bounds__(kThreads) dense_chain_kernel(ChainArgs<T> a) {
     c.grad_norm_sq = step_norm_sq;
     const OptimizerStepScalars sc = step_scalars(a.opt.hyper, a.opt.max_grad_norm, c);
     const Optimizer kind = kKind != kAnyKind ? static_cast<Optimizer>(kKind) : a.opt.hyper.kind;
-    constexpr int kSlots = fixed_slots(kKind);
-    optimizer_range<kSlots, T, T, 4, kOptimizerUnroll>(
-        a.opt, kind, sc, a.working, static_cast<const T*>(a.opt.lowp), 0, a.opt.lowp_count);
+    first.update(a.opt, kind, sc, a.working, 0, lowp_packs, tid, stride);
+    first32.update(a.opt, kind, sc, a.working, a.opt.lowp_count, f32_packs, tid32, stride);
+    // The rest (a model larger than the first packs cover) and the fp32 range's tail.
+    optimizer_range<kSlots, T, T, 4, kOptimizerUnroll>(a.opt, kind, sc, a.working, lowp, 0,
+                                                       a.opt.lowp_count, kOptimizerUnroll * stride);
     optimizer_range<kSlots, T, float, 4, kOptimizerUnroll>(a.opt, kind, sc, a.working, a.opt.f32,
-                                                           a.opt.lowp_count, a.opt.count);
+                                                           a.opt.lowp_count, a.opt.count, stride);
   }
   if (last_block_done(a.counter) && threadIdx.x == 0) {
     double loss = 0.0;

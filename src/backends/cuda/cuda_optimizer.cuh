@@ -73,38 +73,55 @@ __host__ __device__ constexpr int fixed_slots(int kind) {
   }
 }
 
-// Elements [begin, end) of master and state, their gradients at grad[i - begin], one pack of kVec
-// per thread and iteration. The launch gives every pack its own thread when it can: measured on
-// an H200 (36.8M Adam parameters), a grid covering the array streams at memcpy speed (4.0 TB/s)
-// where a grid-stride loop over a capped grid reached 3.6-3.8 TB/s, and neither unrolling two
-// packs nor evict-first (.cs) loads and stores helped. kUnroll > 1 is for a fixed grid that loops
-// (the fused dense-chain step): each thread loads kUnroll packs before it updates any, so the
-// iterations' memory latencies overlap instead of adding up.
-template <int kSlots, typename W, typename G, int kVec, int kUnroll = 1>
-__device__ __forceinline__ void optimizer_range(const OptimizerArgs& a, Optimizer kind,
-                                                const OptimizerStepScalars& sc, W* working,
-                                                const G* grad, std::int64_t begin,
-                                                std::int64_t end) {
-  const std::int64_t tid = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-  const std::int64_t packs = (end - begin) / kVec;
-  const int slots = kSlots >= 0 ? kSlots : a.slots;
-  for (std::int64_t v0 = tid; v0 < packs; v0 += stride * kUnroll) {
-    Pack<float, kVec> p[kUnroll];
-    Pack<G, kVec> g[kUnroll];
-    Pack<float, kVec> s[kUnroll][kMaxOptimizerSlots];
+// kUnroll packs of one range, pack v of it at elements begin + v * kVec of master and state
+// and at grad[v * kVec]: load() reads them, update() applies the rule and stores them. The two
+// halves are apart so that a caller can issue the loads before it knows the step's scalars (the
+// fused dense-chain step loads while it adds the gradient-norm partials).
+template <int kSlots, typename G, int kVec, int kUnroll>
+struct PackBatch {
+  Pack<float, kVec> p[kUnroll];
+  Pack<G, kVec> g[kUnroll];
+  Pack<float, kVec> s[kUnroll][kMaxOptimizerSlots];
+
+  // Packs v0, v0 + stride, ... below `packs`: master and state (load_params), gradients
+  // (load_grads), or both.
+  __device__ __forceinline__ void load_params(const OptimizerArgs& a, std::int64_t begin,
+                                              std::int64_t packs, std::int64_t v0,
+                                              std::int64_t stride) {
+    const int slots = kSlots >= 0 ? kSlots : a.slots;
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const std::int64_t v = v0 + u * stride;
       if (v >= packs) break;
       const std::int64_t i = begin + v * kVec;
       p[u] = *reinterpret_cast<const Pack<float, kVec>*>(a.master + i);
-      g[u] = *reinterpret_cast<const Pack<G, kVec>*>(grad + v * kVec);
 #pragma unroll
       for (int k = 0; k < kMaxOptimizerSlots; ++k) {
         if (k < slots) s[u][k] = *reinterpret_cast<const Pack<float, kVec>*>(a.state[k] + i);
       }
     }
+  }
+  __device__ __forceinline__ void load_grads(const G* grad, std::int64_t packs, std::int64_t v0,
+                                             std::int64_t stride) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const std::int64_t v = v0 + u * stride;
+      if (v >= packs) break;
+      g[u] = *reinterpret_cast<const Pack<G, kVec>*>(grad + v * kVec);
+    }
+  }
+  __device__ __forceinline__ void load(const OptimizerArgs& a, const G* grad, std::int64_t begin,
+                                       std::int64_t packs, std::int64_t v0, std::int64_t stride) {
+    load_params(a, begin, packs, v0, stride);
+    load_grads(grad, packs, v0, stride);
+  }
+
+  template <typename W>
+  __device__ __forceinline__ void update(const OptimizerArgs& a, Optimizer kind,
+                                         const OptimizerStepScalars& sc, W* working,
+                                         std::int64_t begin, std::int64_t packs, std::int64_t v0,
+                                         std::int64_t stride) {
+    const int slots = kSlots >= 0 ? kSlots : a.slots;
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const std::int64_t v = v0 + u * stride;
@@ -130,6 +147,30 @@ __device__ __forceinline__ void optimizer_range(const OptimizerArgs& a, Optimize
       }
       if constexpr (!std::is_same_v<W, NoWorking>) store_pack<kVec>(working + i, p[u].v);
     }
+  }
+};
+
+// Elements [begin, end) of master and state, their gradients at grad[i - begin], one pack of kVec
+// per thread and iteration, starting at the thread's pack first_pack (later packs: first_pack +
+// the grid's threads, ...). The launch gives every pack its own thread when it can: measured on
+// an H200 (36.8M Adam parameters), a grid covering the array streams at memcpy speed (4.0 TB/s)
+// where a grid-stride loop over a capped grid reached 3.6-3.8 TB/s, and neither unrolling two
+// packs nor evict-first (.cs) loads and stores helped. kUnroll > 1 is for a fixed grid that loops
+// (the fused dense-chain step): each thread loads kUnroll packs before it updates any, so the
+// iterations' memory latencies overlap instead of adding up.
+template <int kSlots, typename W, typename G, int kVec, int kUnroll = 1>
+__device__ __forceinline__ void optimizer_range(const OptimizerArgs& a, Optimizer kind,
+                                                const OptimizerStepScalars& sc, W* working,
+                                                const G* grad, std::int64_t begin, std::int64_t end,
+                                                std::int64_t first_pack = 0) {
+  const std::int64_t tid = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  const std::int64_t packs = (end - begin) / kVec;
+  const int slots = kSlots >= 0 ? kSlots : a.slots;
+  for (std::int64_t v0 = first_pack + tid; v0 < packs; v0 += stride * kUnroll) {
+    PackBatch<kSlots, G, kVec, kUnroll> batch;
+    batch.load(a, grad, begin, packs, v0, stride);
+    batch.update(a, kind, sc, working, begin, packs, v0, stride);
   }
   // Tail (a range not a multiple of kVec).
   for (std::int64_t i = begin + packs * kVec + tid; i < end; i += stride) {
