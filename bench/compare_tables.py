@@ -38,6 +38,14 @@ def number(v, digits=0):
     return "-" if v is None else f"{v:,.{digits}f}"
 
 
+def step_kind(r):
+    """How mixtrain ran the steps: one fused kernel each, op by op, or some of each."""
+    fused, steps = r.get("fused_steps"), r.get("steps")
+    if fused is None or steps is None:
+        return "-"
+    return "op-by-op" if fused == 0 else ("fused" if fused == steps else "mixed")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,7 +67,7 @@ def main():
 
     header = ["workload", "precision", "mixtrain samples/s", "PyTorch best samples/s", "variant",
               "mixtrain / PyTorch", "mixtrain vs fp32", "mixtrain e2e samples/s",
-              "peak MiB mixtrain", "peak MiB PyTorch"]
+              "peak MiB mixtrain", "peak MiB PyTorch", "mixtrain step"]
     rows = []
     steady = {}
     for r in mx.get("results", []):
@@ -76,6 +84,7 @@ def main():
             number(r["end_to_end"]["samples_per_s"]),
             number(r["peak_memory_bytes"] / 2**20, 1),
             number(t.get("peak_mem_mb"), 1) if t else "-",
+            step_kind(r),
         ])
 
     if a.markdown:
@@ -87,7 +96,7 @@ def main():
         widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
                   for i, h in enumerate(header)]
         line = lambda cells: "  ".join(  # noqa: E731
-            c.ljust(w) if i < 2 or i == 4 else c.rjust(w) for i, (c, w) in
+            c.ljust(w) if i < 2 or i == 4 or i == len(header) - 1 else c.rjust(w) for i, (c, w) in
             enumerate(zip(cells, widths)))
         print(line(header))
         print("  ".join("-" * w for w in widths))

@@ -69,6 +69,8 @@ struct Row {
   Timing end_to_end;
   std::size_t peak_memory = 0;
   std::int64_t skipped = 0;
+  std::int64_t steps = 0;        // training steps of the measurement
+  std::int64_t fused_steps = 0;  // ... run as one fused kernel (TrainerStats::fused_steps)
   float loss_scale = 1;
   std::optional<double> speedup;
   std::optional<double> e2e_speedup;
@@ -160,8 +162,17 @@ Row bench_one(const Model& model, const Inputs& in, const std::string& workload,
   const TrainerStats s = trainer.stats();
   r.peak_memory = s.peak_memory_bytes;
   r.skipped = s.skipped_steps;
+  r.steps = s.steps;
+  r.fused_steps = s.fused_steps;
   r.loss_scale = s.loss_scale;
   return r;
+}
+
+// How the measurement's steps ran: "fused" (all as one kernel: a CUDA dense chain in FP16/BF16),
+// "op-by-op", or "mixed" (some of each).
+std::string step_kind(const Row& r) {
+  if (r.fused_steps == 0) return "op-by-op";
+  return r.fused_steps == r.steps ? "fused" : "mixed";
 }
 
 nlohmann::ordered_json timing_json(const Timing& t) {
@@ -260,17 +271,17 @@ int run_bench(const BenchOptions& o) {
                      fmt::format("{:.3f}", r.end_to_end.step_ms),
                      fmt::format("{:.0f}", r.end_to_end.samples_per_second),
                      fmt::format("{:.1f}", static_cast<double>(r.peak_memory) / (1 << 20)),
-                     fmt::format("{}", r.skipped), speedup_str(r.speedup),
+                     fmt::format("{}", r.skipped), step_kind(r), speedup_str(r.speedup),
                      speedup_str(r.e2e_speedup)});
   }
   for (const GemmRow& g : gemm) {
     table.push_back({g.workload, "gemm-only", fmt::format("{}", g.batch),
                      fmt::format("{:.3f}", g.timing.step_ms),
                      fmt::format("{:.0f}", g.timing.samples_per_second), "-", "-", "-", "-", "-",
-                     "-"});
+                     "-", "-"});
   }
   std::printf("\n%s", format_table({"workload", "precision", "batch", "step ms", "samples/s",
-                                    "e2e step ms", "e2e samples/s", "peak MiB", "skipped",
+                                    "e2e step ms", "e2e samples/s", "peak MiB", "skipped", "step",
                                     "speedup vs fp32", "e2e speedup"},
                                    table)
                           .c_str());
@@ -300,6 +311,8 @@ int run_bench(const BenchOptions& o) {
                               {"end_to_end", timing_json(r.end_to_end)},
                               {"peak_memory_bytes", r.peak_memory},
                               {"skipped_steps", r.skipped},
+                              {"steps", r.steps},
+                              {"fused_steps", r.fused_steps},
                               {"final_loss_scale", r.loss_scale},
                               {"speedup_vs_fp32", optional_json(r.speedup)},
                               {"end_to_end_speedup_vs_fp32", optional_json(r.e2e_speedup)}});
