@@ -89,7 +89,7 @@ def main():
 
     if a.markdown:
         print("| " + " | ".join(header) + " |")
-        print("| " + " | ".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + " |")
+        print("| " + " | ".join(["---"] * 2 + ["---:"] * (len(header) - 3) + ["---"]) + " |")
         for row in rows:
             print("| " + " | ".join(row) + " |")
     else:
