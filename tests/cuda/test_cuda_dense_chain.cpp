@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "cuda_test_util.hpp"
+#include "cuda_trainer_util.hpp"
 #include "mixtrain/mixtrain.hpp"
 
 namespace mixtrain::cuda_test {
@@ -24,34 +25,13 @@ Model chain_model(bool bias = true) {
       .compile();
 }
 
-struct Batches {
-  std::vector<std::vector<float>> x;
-  std::vector<std::vector<std::int32_t>> y;
-};
-
 Batches make_batches(std::mt19937& rng, int count, std::int64_t rows = kBatch) {
-  std::uniform_real_distribution<float> ud(0.0f, 1.0f);
-  std::uniform_int_distribution<int> label(0, kClasses - 1);
-  Batches b;
-  for (int i = 0; i < count; ++i) {
-    std::vector<float> x(static_cast<std::size_t>(rows * kFeatures));
-    for (float& v : x) v = ud(rng);
-    std::vector<std::int32_t> y(static_cast<std::size_t>(rows));
-    for (auto& v : y) v = label(rng);
-    b.x.push_back(std::move(x));
-    b.y.push_back(std::move(y));
-  }
-  return b;
+  return cuda_test::make_batches(rng, count, rows, kFeatures, kClasses,
+                                 std::uniform_real_distribution<float>(0.0f, 1.0f));
 }
 
 TrainerConfig config(Device d, Precision p) {
-  TrainerConfig c;
-  c.device = d;
-  c.precision = p;
-  c.seed = 5;
-  c.learning_rate = 1e-3f;
-  c.sync_interval = 1000;
-  return c;
+  return trainer_config(d, p, 5);
 }
 
 struct TrainRun {

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "cuda_test_util.hpp"
+#include "cuda_trainer_util.hpp"
 #include "mixtrain/mixtrain.hpp"
 
 namespace mixtrain::cuda_test {
@@ -169,13 +170,7 @@ Model tune_model() {
 }
 
 TrainerConfig config(Device d, Precision p) {
-  TrainerConfig c;
-  c.device = d;
-  c.precision = p;
-  c.seed = 7;
-  c.learning_rate = 1e-3f;
-  c.sync_interval = 1000;
-  return c;
+  return trainer_config(d, p, 7);
 }
 
 TEST_F(GemmAutotune, TrainerStepsUnderGraphCaptureMatchCpu) {

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "cuda_test_util.hpp"
+#include "cuda_trainer_util.hpp"
 #include "mixtrain/mixtrain.hpp"
 
 namespace mixtrain::cuda_test {
@@ -156,34 +157,13 @@ Model test_model() {
       .compile();
 }
 
-struct Batches {
-  std::vector<std::vector<float>> x;
-  std::vector<std::vector<std::int32_t>> y;
-};
-
 Batches make_batches(std::mt19937& rng, int count, float scale = 1.0f) {
-  std::normal_distribution<float> nd(0.0f, scale);
-  std::uniform_int_distribution<int> label(0, kClasses - 1);
-  Batches b;
-  for (int i = 0; i < count; ++i) {
-    std::vector<float> x(static_cast<std::size_t>(kBatch * kFeatures));
-    for (float& v : x) v = nd(rng);
-    std::vector<std::int32_t> y(static_cast<std::size_t>(kBatch));
-    for (auto& v : y) v = label(rng);
-    b.x.push_back(std::move(x));
-    b.y.push_back(std::move(y));
-  }
-  return b;
+  return cuda_test::make_batches(rng, count, kBatch, kFeatures, kClasses,
+                                 std::normal_distribution<float>(0.0f, scale));
 }
 
 TrainerConfig config(Device d, Precision p) {
-  TrainerConfig c;
-  c.device = d;
-  c.precision = p;
-  c.seed = 11;
-  c.learning_rate = 1e-3f;
-  c.sync_interval = 1000;  // no reads inside the 20 steps: the steps are queued back to back
-  return c;
+  return trainer_config(d, p, 11);
 }
 
 std::vector<StepStats> train(const Model& m, const TrainerConfig& c, const Batches& b, int steps,
