@@ -72,15 +72,39 @@ TEST(DenseChain, SmallMlpIsAChainWithItsDropout) {
     EXPECT_EQ(L.weight.dtype, DType::F16);
     EXPECT_EQ(L.grad_pre.dtype, DType::F16);
   }
-  // Hidden layers keep their pre-activation gradient apart from every activation gradient.
-  EXPECT_NE(c[0].grad_pre.ptr, c[1].grad_pre.ptr);
+  // No two buffers the fused step writes share a byte (the plan shares activation gradients by
+  // lifetime; the step keeps its gradients in the layers' scratch and the head's gradient).
+  struct Range {
+    const char* begin;
+    const char* end;
+  };
+  std::vector<Range> written;
+  constexpr std::int64_t kRows = 64, kHalf = 2;
+  for (const DenseChainLayer& L : c) {
+    const auto add = [&](const Buf& b, std::int64_t elements) {
+      if (!b) return;
+      const char* p = static_cast<const char*>(b.ptr);
+      written.push_back({p, p + elements * kHalf});
+    };
+    add(L.output, kRows * L.out);
+    add(L.dropped, kRows * L.out);
+    add(L.grad_pre, kRows * L.out);
+    add(L.grad_weight, L.out * L.in);
+  }
+  for (std::size_t i = 0; i < written.size(); ++i) {
+    for (std::size_t j = i + 1; j < written.size(); ++j) {
+      EXPECT_TRUE(written[i].end <= written[j].begin || written[j].end <= written[i].begin)
+          << "buffers " << i << " and " << j << " overlap";
+    }
+  }
 }
 
 TEST(DenseChain, OtherModelsAreNotChains) {
   // A hidden layer without ReLU.
   EXPECT_TRUE(chain_of(ModelBuilder({32, 16}).dense(32).gelu(true).dense(4).compile()).empty());
   EXPECT_TRUE(chain_of(ModelBuilder({32, 16}).dense(32).dense(4).compile()).empty());
-  // Two dropouts in a row, and a dropout after the head.
+  // Two dropouts in a row; a dropout as the last layer (the loss node must be the head, a dense
+  // layer).
   EXPECT_TRUE(
       chain_of(
           ModelBuilder({32, 16}).dense(32).relu().dropout(0.1f).dropout(0.1f).dense(4).compile())

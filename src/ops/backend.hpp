@@ -133,11 +133,14 @@ struct DenseChainLayer {
 
 // A whole training step of a chain of dense layers whose last layer (no activation, no dropout)
 // gives the logits of a sparse softmax cross-entropy: the forward pass, the loss into
-// control->loss, the backward pass into the layers' gradients, check_gradients over
-// optimizer.grad, and optimizer_step_and_finish, with those ops' arithmetic (products in fp32,
-// every stored value rounded to the compute dtype where the op-by-op step rounds it); only the
-// order of the fp32 sums differs. The parameters' gradients in optimizer.grad must be exactly
-// the layers' (the trainer passes the whole model).
+// control->loss, the backward pass into the layers' gradients, the gradient check and
+// optimizer_step_and_finish over optimizer's parameters, with those ops' arithmetic (products in
+// fp32, every stored value rounded to the compute dtype where the op-by-op step rounds it, the
+// shared update and scaler rules). Sums run in other orders (products, bias gradients, the loss
+// mean), and the check adds each square to its sum on its own instead of eight at a time, so
+// results can differ from the op-by-op step's in the last bits. The check covers the gradients
+// the step stores: optimizer.grad must hold exactly the layers' gradients (plus zero padding),
+// which the trainer guarantees by passing only models that are the whole chain.
 struct DenseChainStep {
   std::int64_t rows = 0;
   CBuf input;                            // [rows, layers[0].in]

@@ -2,7 +2,7 @@
 // cooperative launch: forward, loss, backward, gradient check, optimizer and finish run as phases
 // of one kernel separated by grid-wide barriers, in the manner of tiny-cuda-nn's fully fused
 // MLPs. A step of small_mlp op by op is ~16 launches of 2-6 us, each mostly launch latency and
-// ramp; here it is one launch and six barriers.
+// ramp; here it is one launch and 2 h + 1 barriers for h hidden layers (5 for small_mlp).
 //
 // Products run on tensor cores through WMMA (16x16x16 tiles of FP16/BF16 operands, fp32
 // accumulators), which is why only FP16 and BF16 chains are fused. Each phase splits its work
@@ -13,8 +13,9 @@
 // - a weight-gradient block dz^T x: 16 rows of dW by eight 16-column tiles, one per warp (the
 //   reduction runs over the batch, at most 128 rows); the block of the first column group also
 //   sums the 16 bias gradients.
-// The head (at most 32 classes) runs scalar: a warp per row for the logits and the
-// cross-entropy, a thread per weight-gradient element. The gradient check needs no pass of its
+// The head (at most 32 classes) runs scalar: a block per row for the logits, the cross-entropy
+// and the row of the input gradient below it, a block per class for its weight gradient (rows
+// dealt to the warps). The gradient check needs no pass of its
 // own: every thread adds the squares of the gradients it stores, blocks store their partials,
 // and after the last barrier every block adds them in block order (the same value everywhere).
 // The optimizer update is optimizer_range of cuda_optimizer.cuh and the finish runs in the last
@@ -510,13 +511,25 @@ __global__ void __launch_bounds__(kThreads) dense_chain_kernel(ChainArgs<T> a) {
 // either way (measured on the H200 with 132 blocks).
 constexpr int kBlocksPerSm = 2;
 
-template <int kKind, typename T>
-void launch_chain(ChainArgs<T> a, int sm_count, cudaStream_t stream) {
-  int per_sm = 0;
-  MIXTRAIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &per_sm, dense_chain_kernel<kKind, T>, kThreads, 0));
-  if (per_sm < 1) throw DeviceError("dense_chain_step: the fused kernel does not fit on an SM");
-  const int blocks = sm_count * std::min(per_sm, kBlocksPerSm);
+// The kernel for the optimizer kind: Adam, AdamW and SGD specialised, the others generic.
+template <typename T>
+const void* chain_kernel(Optimizer kind) {
+  switch (kind) {
+    case Optimizer::Adam:
+      return reinterpret_cast<const void*>(
+          dense_chain_kernel<static_cast<int>(Optimizer::Adam), T>);
+    case Optimizer::AdamW:
+      return reinterpret_cast<const void*>(
+          dense_chain_kernel<static_cast<int>(Optimizer::AdamW), T>);
+    case Optimizer::SGD:
+      return reinterpret_cast<const void*>(dense_chain_kernel<static_cast<int>(Optimizer::SGD), T>);
+    default:
+      return reinterpret_cast<const void*>(dense_chain_kernel<kAnyKind, T>);
+  }
+}
+
+template <typename T>
+void launch_chain(const void* kernel, ChainArgs<T> a, int blocks, cudaStream_t stream) {
   a.bad_partial = reinterpret_cast<int*>(a.norm_partial + blocks);
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>(blocks));
@@ -527,25 +540,8 @@ void launch_chain(ChainArgs<T> a, int sm_count, cudaStream_t stream) {
   attr[0].val.cooperative = 1;
   config.attrs = attr;
   config.numAttrs = 1;
-  MIXTRAIN_CUDA_CHECK(cudaLaunchKernelEx(&config, dense_chain_kernel<kKind, T>, a));
-}
-
-template <typename T>
-void launch_chain_for(const ChainArgs<T>& a, int sm_count, cudaStream_t stream) {
-  switch (a.opt.hyper.kind) {
-    case Optimizer::Adam:
-      launch_chain<static_cast<int>(Optimizer::Adam)>(a, sm_count, stream);
-      break;
-    case Optimizer::AdamW:
-      launch_chain<static_cast<int>(Optimizer::AdamW)>(a, sm_count, stream);
-      break;
-    case Optimizer::SGD:
-      launch_chain<static_cast<int>(Optimizer::SGD)>(a, sm_count, stream);
-      break;
-    default:
-      launch_chain<kAnyKind>(a, sm_count, stream);
-      break;
-  }
+  void* args[] = {&a};
+  MIXTRAIN_CUDA_CHECK(cudaLaunchKernelExC(&config, kernel, args));
 }
 
 // Why a chain cannot take the fused path (null: it can). Device pointers must allow WMMA's
@@ -560,9 +556,11 @@ const char* chain_unsupported(const DenseChainStep& s) {
   for (int l = 0; l < count; ++l) {
     const DenseChainLayer& L = s.layers[static_cast<std::size_t>(l)];
     const bool head = l == count - 1;
-    if (L.in % kTile != 0 || L.in > (std::int64_t{1} << 20)) return "layer inputs";
+    if (L.in <= 0 || L.in % kTile != 0 || L.in > (std::int64_t{1} << 20)) return "layer inputs";
     if (l > 0 && L.in != s.layers[static_cast<std::size_t>(l) - 1].out) return "chain shapes";
-    if (head ? (L.out < 1 || L.out > kMaxHeadOut) : (L.out % kTile != 0)) return "layer outputs";
+    if (head ? (L.out < 1 || L.out > kMaxHeadOut) : (L.out <= 0 || L.out % kTile != 0)) {
+      return "layer outputs";
+    }
     if (L.act != Activation::Identity && (L.act != Activation::ReLU || head)) return "activation";
     if (head && L.dropout != 0.0f) return "dropout after the head";
     if (L.dropout < 0.0f || L.dropout >= 1.0f) return "dropout rate";
@@ -573,10 +571,11 @@ const char* chain_unsupported(const DenseChainStep& s) {
       return "dtypes";
     }
     if (L.bias && L.grad_bias == nullptr) return "bias gradient";
+    if (!L.weight || !L.grad_weight || !L.output || !L.grad_pre) return "missing buffer";
     const void* tensors[] = {L.weight.ptr, L.grad_weight.ptr, L.output.ptr, L.grad_pre.ptr,
                              L.dropped.ptr};
     for (const void* p : tensors) {
-      if (!aligned_to(p, 32)) return "alignment";
+      if (!aligned_to(p, 32)) return "alignment";  // a null dropout output counts as aligned
     }
   }
   const OptimizerDesc& o = s.optimizer;
@@ -594,6 +593,16 @@ const char* chain_unsupported(const DenseChainStep& s) {
 
 }  // namespace
 
+int CudaBackend::chain_blocks(const void* kernel) {
+  const auto known = chain_blocks_.find(kernel);
+  if (known != chain_blocks_.end()) return known->second;
+  int per_sm = 0;
+  MIXTRAIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
+  const int blocks = sm_count_ * std::min(per_sm, kBlocksPerSm);
+  chain_blocks_.emplace(kernel, blocks);
+  return blocks;
+}
+
 bool CudaBackend::dense_chain_step(const DenseChainStep& s) {
   if (!fused_chains_ || chain_unsupported(s) != nullptr || !cooperative_launch_) return false;
   if (s.control == nullptr || s.optimizer.control != s.control) {
@@ -602,6 +611,11 @@ bool CudaBackend::dense_chain_step(const DenseChainStep& s) {
   const auto max_blocks = static_cast<std::size_t>(kBlocksPerSm * sm_count_);
   const std::size_t partial_bytes = sizeof(double) * (kMaxRows + 2 * max_blocks);
   if (partial_bytes > scratch_bytes_) return false;
+  const void* kernel = s.input.dtype == DType::F16
+                           ? chain_kernel<__half>(s.optimizer.hyper.kind)
+                           : chain_kernel<__nv_bfloat16>(s.optimizer.hyper.kind);
+  const int blocks = chain_blocks(kernel);
+  if (blocks < 1) return false;  // the kernel does not fit on an SM (not on an H200)
   // Validates the optimizer's arguments like the op-by-op pass.
   const OptimizerArgs opt = optimizer_args(s.optimizer);
   if (planning()) return true;
@@ -622,7 +636,7 @@ bool CudaBackend::dense_chain_step(const DenseChainStep& s) {
         d.w = static_cast<const T*>(L.weight.ptr);
         d.b = static_cast<const T*>(L.bias.ptr);
         d.gw = static_cast<T*>(L.grad_weight.ptr);
-        d.gb = L.grad_bias;
+        d.gb = L.bias ? L.grad_bias : nullptr;
         d.y = static_cast<T*>(L.output.ptr);
         d.dropped = L.dropout > 0.0f ? static_cast<T*>(L.dropped.ptr) : nullptr;
         d.rate = L.dropout;
@@ -639,7 +653,7 @@ bool CudaBackend::dense_chain_step(const DenseChainStep& s) {
       a.scaler = s.scaler;
       a.history = s.history;
       a.counter = step_counters_ + kCounterChain;
-      launch_chain_for(a, sm_count_, stream_);
+      launch_chain(kernel, a, blocks, stream_);
     }
   });
   return true;

@@ -198,9 +198,11 @@ void CudaBackend::activation_backward_bias_grad(Activation act, float alpha, CBu
     const bool vector = use_packs<T>(cols, x.ptr, y.ptr, dy.ptr, dx.ptr);
     const std::int64_t tile_cols = kColTile * (vector ? kPack : 1);
     const std::int64_t tiles = (cols + tile_cols - 1) / tile_cols;
-    // Chunks of rows/16 rows (8 to 256, a multiple of the 8 row phases): a function of the shape
-    // only, so the summation order is fixed; their partial sums must fit the scratch.
-    std::int64_t per_chunk = std::clamp<std::int64_t>((rows + 15) / 16, 8, 256);
+    // Chunks of rows/32 rows (8 to 256, a multiple of the 8 row phases): a function of the shape
+    // only, so the summation order is fixed; their partial sums must fit the scratch. On
+    // large_mlp (512 x 4096, FP16) 32 chunks of 16 rows ran each step 4 us faster than 16 of 32
+    // (512 blocks instead of 256 to hide the loads' latency; H200, session 4).
+    std::int64_t per_chunk = std::clamp<std::int64_t>((rows + 31) / 32, 8, 256);
     per_chunk = (per_chunk + kRowPhases - 1) / kRowPhases * kRowPhases;
     const std::int64_t chunks = (rows + per_chunk - 1) / per_chunk;
     if (tiles > kActBiasGradCounters || chunks > 65535 ||
