@@ -76,6 +76,10 @@ int run_train(const TrainOptions& o) {
         static_cast<int>(run.history.epochs.size()), run.train_seconds, run.samples_per_second,
         static_cast<long long>(run.stats.steps), static_cast<long long>(run.stats.skipped_steps),
         static_cast<double>(run.stats.loss_scale));
+    if (run.stats.fused_steps > 0) {
+      std::printf("%lld of the steps ran as one fused kernel each (docs/cuda.md)\n",
+                  static_cast<long long>(run.stats.fused_steps));
+    }
   }
   if (!o.save_weights.empty()) trainer.save_weights(o.save_weights);
   if (!o.save_spec.empty()) spec.save(o.save_spec);
