@@ -90,6 +90,15 @@ CudaBackend::CudaBackend() {
   fused_chains_ = env_on("MIXTRAIN_CUDA_FUSED_CHAIN");
 }
 
+int CudaBackend::resident_blocks_of(const void* kernel, int threads) {
+  const auto known = resident_blocks_.find(kernel);
+  if (known != resident_blocks_.end()) return known->second;
+  int blocks = 0;
+  MIXTRAIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, 0));
+  resident_blocks_.emplace(kernel, blocks);
+  return blocks;
+}
+
 CudaBackend::~CudaBackend() {
   release();
 }

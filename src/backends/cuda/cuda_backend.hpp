@@ -176,8 +176,14 @@ class CudaBackend final : public Backend {
   void reserve_conv_workspace(std::size_t bytes);
   // cudaMalloc with the bookkeeping of alloc(), allowed while a step is planned.
   void* allocate(std::size_t bytes);
-  // The grid of a dense-chain kernel (chain_blocks_ below).
-  int chain_blocks(const void* kernel);
+  // Resident blocks per SM of a kernel launched with `threads` threads a block (0 when none
+  // fits), queried once per kernel and backend (each kernel has one block size): the grids of
+  // batch-norm and of the fused dense-chain step.
+  template <typename Kernel>
+  int resident_blocks(Kernel kernel, int threads) {
+    return resident_blocks_of(reinterpret_cast<const void*>(kernel), threads);
+  }
+  int resident_blocks_of(const void* kernel, int threads);
   // The optimizer pass, followed in the same launch by finish_step when finish_control is set.
   void launch_optimizer_pass(const OptimizerDesc& d, StepControl* finish_control,
                              const ScalerParams* params, StepRecord* history);
@@ -239,9 +245,7 @@ class CudaBackend final : public Backend {
   // Dense chains' steps as one kernel (false when MIXTRAIN_CUDA_FUSED_CHAIN=0: op by op).
   bool fused_chains_ = true;
   bool cooperative_launch_ = false;  // the device runs cooperative kernels (grid-wide barriers)
-  // Blocks of the fused dense-chain kernel per instantiation (2 an SM where they fit; 0 where
-  // none does), from the occupancy query on first use (cuda_dense_chain.cu).
-  std::unordered_map<const void*, int> chain_blocks_;
+  std::unordered_map<const void*, int> resident_blocks_;  // resident_blocks_of() answers
   bool planning_ = false;
   bool capturing_ = false;
   std::unordered_map<std::string, cudaGraphExec_t> graphs_;

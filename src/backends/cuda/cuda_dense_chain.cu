@@ -593,16 +593,6 @@ const char* chain_unsupported(const DenseChainStep& s) {
 
 }  // namespace
 
-int CudaBackend::chain_blocks(const void* kernel) {
-  const auto known = chain_blocks_.find(kernel);
-  if (known != chain_blocks_.end()) return known->second;
-  int per_sm = 0;
-  MIXTRAIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
-  const int blocks = sm_count_ * std::min(per_sm, kBlocksPerSm);
-  chain_blocks_.emplace(kernel, blocks);
-  return blocks;
-}
-
 bool CudaBackend::dense_chain_step(const DenseChainStep& s) {
   if (!fused_chains_ || chain_unsupported(s) != nullptr || !cooperative_launch_) return false;
   if (s.control == nullptr || s.optimizer.control != s.control) {
@@ -614,7 +604,7 @@ bool CudaBackend::dense_chain_step(const DenseChainStep& s) {
   const void* kernel = s.input.dtype == DType::F16
                            ? chain_kernel<__half>(s.optimizer.hyper.kind)
                            : chain_kernel<__nv_bfloat16>(s.optimizer.hyper.kind);
-  const int blocks = chain_blocks(kernel);
+  const int blocks = sm_count_ * std::min(resident_blocks(kernel, kThreads), kBlocksPerSm);
   if (blocks < 1) return false;  // the kernel does not fit on an SM (not on an H200)
   // Validates the optimizer's arguments like the op-by-op pass.
   const OptimizerArgs opt = optimizer_args(s.optimizer);

@@ -607,14 +607,6 @@ Tiling apply_tiling(std::int64_t rows, std::int64_t channels, int vec, int unrol
   return t;
 }
 
-// Resident blocks per SM of a kernel of kThreads threads (the grids aim at one wave of them).
-template <typename K>
-int resident_blocks(K kernel) {
-  int blocks = 0;
-  MIXTRAIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, 0));
-  return std::max(blocks, 1);
-}
-
 void require_f32(CBuf b, const char* op, const char* what) {
   if (!b) throw Error(std::string("internal: ") + op + " needs " + what);
   if (b.dtype != DType::F32) {
@@ -656,8 +648,9 @@ void CudaBackend::batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf
     const bool vector = use_packs<T>(channels, x.ptr, y.ptr);
     with_pack<T>(vector, [&](auto pack) {
       constexpr int V = decltype(pack)::value;
-      static const int moments_resident = resident_blocks(bn_moments_kernel<T, V>);
-      static const int apply_resident = resident_blocks(bn_apply_kernel<T, V, false, false>);
+      const int moments_resident = std::max(resident_blocks(bn_moments_kernel<T, V>, kThreads), 1);
+      const int apply_resident =
+          std::max(resident_blocks(bn_apply_kernel<T, V, false, false>, kThreads), 1);
       const Tiling r = reduce_tiling(rows, channels, V, kNormCounters, sm_count_, moments_resident,
                                      scratch_bytes_);
       bn_moments_kernel<T, V><<<r.grid(), r.block(), 0, stream_>>>(
@@ -690,7 +683,10 @@ void CudaBackend::batch_norm_forward_inference(CBuf x, CBuf gamma, CBuf beta, CB
     const bool vector = use_packs<T>(channels, x.ptr, y.ptr);
     with_pack<T>(vector, [&](auto pack) {
       constexpr int V = decltype(pack)::value;
-      static const int resident = resident_blocks(bn_apply_kernel<T, V, true, false>);
+      const int resident =
+          std::max(resident_blocks(
+                       reinterpret_cast<const void*>(bn_apply_kernel<T, V, true, false>), kThreads),
+                   1);
       const Tiling a = apply_tiling(rows, channels, V, kUnroll, sm_count_, resident);
       const auto kernel =
           relu ? bn_apply_kernel<T, V, true, true> : bn_apply_kernel<T, V, true, false>;
@@ -732,8 +728,10 @@ void CudaBackend::batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_me
     with_pack<T>(vector, [&](auto pack) {
       constexpr int V = decltype(pack)::value;
       // The masked kernels (one more tensor read) are sized like the plain ones.
-      static const int sums_resident = resident_blocks(bn_backward_sums_kernel<T, V, true>);
-      static const int dx_resident = resident_blocks(bn_backward_dx_kernel<T, V, true>);
+      const int sums_resident =
+          std::max(resident_blocks(bn_backward_sums_kernel<T, V, true>, kThreads), 1);
+      const int dx_resident =
+          std::max(resident_blocks(bn_backward_dx_kernel<T, V, true>, kThreads), 1);
       const Tiling r =
           reduce_tiling(rows, channels, V, kNormCounters, sm_count_, sums_resident, scratch_bytes_);
       const auto sums = relu_y != nullptr ? bn_backward_sums_kernel<T, V, true>
