@@ -125,26 +125,32 @@ __device__ __forceinline__ V block_sum(V v, V* shared) {
   return total;
 }
 
-// Completion count of a one-dimensional grid, for a kernel whose last block finishes a reduction
-// the other blocks contributed to (instead of a second, one-block launch). Every block calls it
-// once with all its threads, after the global writes the last block must see. It returns true
+// Completion count of `expected` blocks on one counter, for a kernel whose last block finishes a
+// reduction the others contributed to (instead of a second, one-block launch). Every block calls
+// it once with all its threads, after the global writes the last block must see. It returns true
 // in exactly one block, the last to arrive, in which every other block's earlier writes are
-// visible (read them with __ldcg, past L1). The last block resets the counter to zero, so the
-// next launch or graph replay finds it there. The result does not depend on which block is last
-// as long as the last block reads the partials in a fixed order.
-__device__ __forceinline__ bool last_block_done(unsigned int* counter) {
+// visible (read them with __ldcg, past L1): the block barrier orders its threads' writes before
+// thread 0's fence and atomic. The last block resets the counter to zero, so the next launch or
+// graph replay finds it there. The result does not depend on which block is last as long as the
+// last block reads the partials in a fixed order. Blocks of any shape (thread (0, 0, 0) counts in).
+__device__ __forceinline__ bool last_to_arrive(unsigned int* counter, unsigned int expected) {
   __shared__ int is_last;
   __syncthreads();  // the block's writes are issued
-  if (threadIdx.x == 0) {
+  if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
     __threadfence();  // ... and visible to every block before it counts in
     const unsigned int ticket = atomicAdd(counter, 1u);
-    is_last = ticket == gridDim.x - 1 ? 1 : 0;
+    is_last = ticket == expected - 1 ? 1 : 0;
     if (is_last != 0) atomicExch(counter, 0u);
   }
   __syncthreads();
   const bool last = is_last != 0;
   if (last) __threadfence();
   return last;
+}
+
+// A one-dimensional grid whose blocks all count on one counter.
+__device__ __forceinline__ bool last_block_done(unsigned int* counter) {
+  return last_to_arrive(counter, gridDim.x);
 }
 
 }  // namespace mixtrain::cuda

@@ -189,26 +189,6 @@ __device__ __forceinline__ void combine_phases(S& s, Shared& sh) {
   __syncthreads();  // the shared arrays may be reused
 }
 
-// last_block_done (cuda_common.cuh) for a 2-D grid of 2-D blocks: counts the blocks of one grid
-// column, `expected` of them, on the column's own counter. True in the column's last block to
-// arrive, where every other block's earlier writes are visible (read them with __ldcg); that
-// block resets the counter to zero for the next launch or graph replay. Only phase 0 wrote
-// partials, so only its threads fence.
-__device__ __forceinline__ bool last_in_column(unsigned int* counter, unsigned int expected) {
-  __shared__ int is_last;
-  if (threadIdx.y == 0) __threadfence();  // the partials are visible device-wide ...
-  __syncthreads();                        // ... before the block counts in
-  if (threadIdx.x == 0 && threadIdx.y == 0) {
-    const unsigned int ticket = atomicAdd(counter, 1u);
-    is_last = ticket == expected - 1 ? 1 : 0;
-    if (is_last != 0) atomicExch(counter, 0u);
-  }
-  __syncthreads();
-  const bool last = is_last != 0;
-  if (last) __threadfence();
-  return last;
-}
-
 // Rows of chunk k of per_chunk rows each.
 __device__ __forceinline__ double chunk_rows(std::int64_t k, std::int64_t per_chunk,
                                              std::int64_t rows) {
@@ -295,7 +275,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       }
     }
   }
-  if (direct || !last_in_column(counters + blockIdx.x, gridDim.y)) return;
+  if (direct || !last_to_arrive(counters + blockIdx.x, gridDim.y)) return;
   // The column's last block: phase y combines chunks y, y + ty, ... in order, then the tree.
   const std::int64_t chunks = gridDim.y;
   for (std::int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
@@ -444,7 +424,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       }
     }
   }
-  if (direct || !last_in_column(counters + blockIdx.x, gridDim.y)) return;
+  if (direct || !last_to_arrive(counters + blockIdx.x, gridDim.y)) return;
   const std::int64_t chunks = gridDim.y;
   for (std::int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const std::int64_t cv = tile * blockDim.x + threadIdx.x;

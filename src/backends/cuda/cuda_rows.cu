@@ -102,7 +102,7 @@ __global__ void bias_grad_combine_kernel(const float* __restrict__ partial, std:
 // Each thread computes dx = dy * act'(x, y), stores it rounded to T and sums the stored values
 // (the bias gradient of the rounded dx, as bias_grad reads it); the 8 phase sums are added in
 // order into partial[chunk][cols]. The last block of each column tile to finish (a completion
-// counter per tile, as last_block_done) adds that tile's chunks in order into db. No __restrict__
+// counter per tile: last_to_arrive) adds that tile's chunks in order into db. No __restrict__
 // on x and dx: dx may be x (each element is read, then written, by one thread).
 template <typename T, int V>
 __global__ void __launch_bounds__(kThreads)
@@ -112,7 +112,6 @@ __global__ void __launch_bounds__(kThreads)
                                   float* __restrict__ partial, float* __restrict__ db,
                                   unsigned int* __restrict__ counters) {
   __shared__ float sums[kRowPhases][kColTile * V + 1];
-  __shared__ int is_last;
   const std::int64_t c0 = (static_cast<std::int64_t>(blockIdx.x) * kColTile + threadIdx.x) * V;
   const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.y) * rows_per_chunk;
   const std::int64_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
@@ -144,16 +143,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int p = 0; p < kRowPhases; ++p) total += sums[p][k];
     partial[static_cast<std::int64_t>(blockIdx.y) * cols + tile0 + k] = total;
   }
-  __syncthreads();
-  if (flat == 0) {
-    __threadfence();
-    const unsigned int ticket = atomicAdd(counters + blockIdx.x, 1u);
-    is_last = ticket == gridDim.y - 1 ? 1 : 0;
-    if (is_last != 0) atomicExch(counters + blockIdx.x, 0u);
-  }
-  __syncthreads();
-  if (is_last == 0) return;
-  __threadfence();
+  // The column tile's last chunk to arrive adds the tile's chunks in order.
+  if (!last_to_arrive(counters + blockIdx.x, gridDim.y)) return;
   for (int k = flat; k < kColTile * V; k += kThreads) {
     if (tile0 + k >= cols) continue;
     float total = 0.0f;
