@@ -77,15 +77,16 @@ int run_compare(const CompareOptions& o) {
         last.validation.has_accuracy ? percent(last.validation.accuracy) : "-",
         fmt::format("{}", r.run.stats.skipped_steps),
         fmt::format("{:g}", r.run.stats.loss_scale),
+        fmt::format("{}", r.run.stats.fused_steps),
         fp32_seconds && r.run.train_seconds > 0
             ? fmt::format("{:.2f}x", *fp32_seconds / r.run.train_seconds)
             : "-",
     });
   }
-  std::printf("\n%s", format_table(
-                          {"precision", "time (s)", "samples/s", "final train loss",
-                           "test accuracy", "skipped steps", "final loss scale", "speedup vs fp32"},
-                          table)
+  std::printf("\n%s", format_table({"precision", "time (s)", "samples/s", "final train loss",
+                                    "test accuracy", "skipped steps", "final loss scale",
+                                    "fused steps", "speedup vs fp32"},
+                                   table)
                           .c_str());
   return 0;
 }
@@ -97,7 +98,8 @@ Command add_compare_command(CLI::App& parent) {
   CLI::App* app = parent.add_subcommand(
       "compare",
       "Train the same model from the same seed in each precision and print a table: time, "
-      "samples/s, final train loss, test accuracy, skipped steps, final loss scale, speedup over "
+      "samples/s, final train loss, test accuracy, skipped steps, final loss scale, fused steps, "
+      "speedup over "
       "fp32. Time counts training only, not the per-epoch test evaluation.");
   add_data_options(*app, o->data);
   app->add_option("--model", o->model, model_help())->capture_default_str();
