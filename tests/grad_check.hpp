@@ -39,6 +39,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -274,25 +275,35 @@ inline double check_layer(const std::string& type, const nlohmann::json& attrs,
 // ---------------------------------------------------------------------------------------------
 // A compiled graph, forward and backward layer by layer as the trainer runs it (gradients of a
 // node read by several layers accumulate; layer buffers such as batch-norm's statistics), with a
-// loss on top; check_graph compares every parameter's and the input's gradient with finite
-// differences.
+// loss on top, in T: double (check_graph compares every parameter's and the input's gradient with
+// finite differences) or float (the fusion tests compare a fused graph with its unfused twin).
+// Input and parameters are drawn in double and used as they are (double) or rounded (float).
 
+template <typename T>
+constexpr DType dtype_of() {
+  return std::is_same_v<T, double> ? DType::F64 : DType::F32;
+}
+
+template <typename T = double>
 class GraphRun {
  public:
+  using TVec = std::vector<T>;
+
   GraphRun(const Model& model, LossKind kind, std::uint64_t seed)
       : g_(model.graph()), kind_(kind), draw_(seed) {
     batch_ = g_.max_batch;
     input = draw_.vec(static_cast<std::size_t>(batch_ * numel(g_.sample_shape)),
                       [](Draw& d) { return d.uniform(-1.5, 1.5); });
     for (const auto& node : g_.nodes) {
-      std::vector<Vec> ps, bs;
+      std::vector<Vec> ps;
+      std::vector<TVec> bs;
       for (const ParamDecl& p : node.params) {
         ps.push_back(draw_.vec(static_cast<std::size_t>(numel(p.shape)),
                                [](Draw& d) { return d.uniform(-0.8, 0.8); }));
       }
       for (const BufferDecl& bd : node.buffers) {
         bs.emplace_back(static_cast<std::size_t>(numel(bd.shape)),
-                        bd.persistent ? static_cast<double>(bd.init) : kPoison);
+                        bd.persistent ? static_cast<T>(bd.init) : poison());
       }
       params.push_back(std::move(ps));
       buffers_.push_back(std::move(bs));
@@ -314,32 +325,51 @@ class GraphRun {
     control_.iteration = 3;
   }
 
-  // Loss of the current input and parameters; with `grad`, backward too: the gradient of the
-  // input and of every parameter.
+  // The gradient of the input and of every parameter (per node, per declared parameter).
   struct Grads {
-    Vec input;
-    std::vector<std::vector<Vec>> params;
+    TVec input;
+    std::vector<std::vector<TVec>> params;
   };
-  double run(Grads* grad = nullptr) {
-    std::vector<Vec> act(g_.nodes.size());
-    auto activation = [&](int src) -> const Vec& {
-      return src == graph::kModelInput ? input : act[static_cast<std::size_t>(src)];
+  // Loss of the current input and parameters; with `grad`, backward too; with `outputs`, every
+  // node's output.
+  double run(Grads* grad = nullptr, std::vector<TVec>* outputs = nullptr) {
+    const std::size_t count = g_.nodes.size();
+    TVec x_copy;
+    const T* x = values(input, x_copy);
+    std::vector<std::vector<TVec>> p_copy(count);
+    std::vector<std::vector<const T*>> p(count);
+    for (std::size_t i = 0; i < count; ++i) {
+      p_copy[i].resize(params[i].size());
+      for (std::size_t k = 0; k < params[i].size(); ++k) {
+        p[i].push_back(values(params[i][k], p_copy[i][k]));
+      }
+    }
+    std::vector<TVec> act(count);
+    auto activation = [&](int src) -> CBuf {
+      return CBuf(src == graph::kModelInput ? x : act[static_cast<std::size_t>(src)].data(),
+                  dtype_of<T>());
     };
-    for (std::size_t i = 0; i < g_.nodes.size(); ++i) {
+    auto buffers_of = [&](std::size_t i) {
+      std::vector<Buf> b;
+      for (TVec& bv : buffers_[i]) b.push_back(Buf{bv.data(), dtype_of<T>()});
+      return b;
+    };
+    for (std::size_t i = 0; i < count; ++i) {
       const auto& node = g_.nodes[i];
-      act[i].assign(static_cast<std::size_t>(batch_ * numel(node.shape)), gradcheck::kPoison);
-      ForwardArgs a{backend_, &control_, true, batch_, {}, gradcheck::buf(act[i]), {}, false};
-      for (int src : node.inputs) a.inputs.push_back(gradcheck::cbuf(activation(src)));
-      for (const Vec& p : params[i]) a.params.push_back(gradcheck::cbuf(p));
-      for (Vec& bv : buffers_[i]) a.buffers.push_back(gradcheck::buf(bv));
+      act[i].assign(static_cast<std::size_t>(batch_ * numel(node.shape)), poison());
+      ForwardArgs a{backend_, &control_, true, batch_, {}, Buf{act[i].data(), dtype_of<T>()},
+                    {},       false};
+      for (int src : node.inputs) a.inputs.push_back(activation(src));
+      for (const T* pv : p[i]) a.params.push_back(CBuf(pv, dtype_of<T>()));
+      a.buffers = buffers_of(i);
       node.layer->forward(a);
     }
     const auto out = static_cast<std::size_t>(g_.output);
-    std::vector<Vec> dact(g_.nodes.size());
-    std::vector<bool> written(g_.nodes.size(), false);
+    std::vector<TVec> dact(count);
+    std::vector<bool> written(count, false);
     LossDesc d;
     d.kind = kind_;
-    d.pred = gradcheck::cbuf(act[out]);
+    d.pred = CBuf(act[out].data(), dtype_of<T>());
     d.rows = rows_;
     d.cols = cols_;
     d.labels = labels.data();
@@ -348,43 +378,52 @@ class GraphRun {
     d.loss = &loss32;
     d.control = &control_;
     if (grad != nullptr) {
-      dact[out].assign(act[out].size(), gradcheck::kPoison);
-      d.dpred = gradcheck::buf(dact[out]);
+      dact[out].assign(act[out].size(), poison());
+      d.dpred = Buf{dact[out].data(), dtype_of<T>()};
       written[out] = true;
     }
     backend_.loss(d);
     const double loss = backend_.last_loss();
+    if (outputs != nullptr) *outputs = act;
     if (grad == nullptr) return loss;
 
-    grad->input.assign(input.size(), gradcheck::kPoison);
+    grad->input.assign(input.size(), poison());
     bool input_written = false;
-    grad->params.assign(g_.nodes.size(), {});
-    for (std::size_t i = g_.nodes.size(); i-- > 0;) {
+    grad->params.assign(count, {});
+    for (std::size_t i = count; i-- > 0;) {
       if (!written[i]) continue;  // not on a path to the output
       const auto& node = g_.nodes[i];
-      BackwardArgs a{
-          backend_, &control_, batch_, {},   gradcheck::cbuf(act[i]), gradcheck::cbuf(dact[i]), {},
-          {},       {},        {},     false};
+      BackwardArgs a{backend_,
+                     &control_,
+                     batch_,
+                     {},
+                     CBuf(act[i].data(), dtype_of<T>()),
+                     CBuf(dact[i].data(), dtype_of<T>()),
+                     {},
+                     {},
+                     {},
+                     {},
+                     false};
       for (int src : node.inputs) {
-        a.inputs.push_back(gradcheck::cbuf(activation(src)));
+        a.inputs.push_back(activation(src));
         if (src == graph::kModelInput) {
-          a.grad_inputs.push_back(gradcheck::buf(grad->input));
+          a.grad_inputs.push_back(Buf{grad->input.data(), dtype_of<T>()});
           a.accumulate_inputs.push_back(input_written);
           input_written = true;
         } else {
           const auto s = static_cast<std::size_t>(src);
-          if (!written[s]) dact[s].assign(act[s].size(), gradcheck::kPoison);
-          a.grad_inputs.push_back(gradcheck::buf(dact[s]));
+          if (!written[s]) dact[s].assign(act[s].size(), poison());
+          a.grad_inputs.push_back(Buf{dact[s].data(), dtype_of<T>()});
           a.accumulate_inputs.push_back(written[s]);
           written[s] = true;
         }
       }
-      for (const Vec& p : params[i]) {
-        a.params.push_back(gradcheck::cbuf(p));
-        grad->params[i].emplace_back(p.size(), gradcheck::kPoison);
-        a.grad_params.push_back(Buf{grad->params[i].back().data(), DType::F64});
+      for (std::size_t k = 0; k < params[i].size(); ++k) {
+        a.params.push_back(CBuf(p[i][k], dtype_of<T>()));
+        grad->params[i].emplace_back(params[i][k].size(), poison());
+        a.grad_params.push_back(Buf{grad->params[i].back().data(), dtype_of<T>()});
       }
-      for (Vec& bv : buffers_[i]) a.buffers.push_back(gradcheck::buf(bv));
+      a.buffers = buffers_of(i);
       node.layer->backward(a);
     }
     return loss;
@@ -398,18 +437,31 @@ class GraphRun {
   std::vector<float> targets;
 
  private:
+  static T poison() { return std::numeric_limits<T>::quiet_NaN(); }
+  // The values of v in T: v's own for double, else rounded into `copy`.
+  static const T* values(const Vec& v, TVec& copy) {
+    if constexpr (std::is_same_v<T, double>) {
+      (void)copy;
+      return v.data();
+    } else {
+      copy.assign(v.begin(), v.end());
+      return copy.data();
+    }
+  }
+
   const graph::Graph& g_;
   LossKind kind_;
   Draw draw_;
   std::int64_t batch_ = 0, rows_ = 0, cols_ = 0;
-  std::vector<std::vector<Vec>> buffers_;  // per node, per declared buffer
+  std::vector<std::vector<TVec>> buffers_;  // per node, per declared buffer
   cpu::CpuBackend backend_;
   StepControl control_{};
 };
 
-inline void check_graph(const Model& model, LossKind kind = LossKind::SparseCrossEntropy) {
-  GraphRun run(model, kind, 5);
-  GraphRun::Grads analytic;
+inline void check_graph(const Model& model, LossKind kind = LossKind::SparseCrossEntropy,
+                        std::uint64_t seed = 5) {
+  GraphRun<double> run(model, kind, seed);
+  GraphRun<double>::Grads analytic;
   const double l0 = run.run(&analytic);
   auto fd_of = [&](Vec& tensor) {
     Vec fd(tensor.size());

@@ -181,164 +181,13 @@ TEST(FusionGraph, EnvironmentSwitchesItOff) {
   EXPECT_EQ(node_names(m)[0], "dense_1");
 }
 
-// ---- running a compiled graph layer by layer on the CPU backend
-// ----------------------------------
-
-template <typename T>
-constexpr DType dtype_of() {
-  return std::is_same_v<T, double> ? DType::F64 : DType::F32;
+// The parameter gradients of a GraphRun, flat in node order: the same list for a fused graph and
+// its unfused twin (fusion keeps every parameter and their order).
+std::vector<std::vector<float>> flat(const std::vector<std::vector<std::vector<float>>>& per_node) {
+  std::vector<std::vector<float>> all;
+  for (const auto& node : per_node) all.insert(all.end(), node.begin(), node.end());
+  return all;
 }
-
-// Forward, sparse cross-entropy and backward of a compiled graph in T (float or double), as the
-// trainer runs it (gradients of a node read by several layers accumulate; layer buffers live from
-// the forward to the backward pass). Parameters are a flat list in node order, the same for a
-// fused graph and its unfused twin.
-template <typename T>
-class GraphExec {
- public:
-  GraphExec(const Model& model, std::uint64_t seed) : g_(model.graph()), draw_(seed) {
-    batch_ = g_.max_batch;
-    input = draw_.vec(static_cast<std::size_t>(batch_ * numel(g_.sample_shape)),
-                      [](Draw& d) { return d.uniform(-1.5, 1.5); });
-    for (const auto& node : g_.nodes) {
-      for (const ParamDecl& p : node.params) {
-        params.push_back(draw_.vec(static_cast<std::size_t>(numel(p.shape)),
-                                   [](Draw& d) { return d.uniform(-0.8, 0.8); }));
-      }
-    }
-    const Shape& out = g_.nodes[static_cast<std::size_t>(g_.output)].shape;
-    cols_ = out.back();
-    rows_ = batch_ * numel(out) / cols_;
-    for (std::int64_t r = 0; r < rows_; ++r) {
-      labels.push_back(static_cast<std::int32_t>(draw_.bits() % static_cast<std::uint64_t>(cols_)));
-    }
-    control_.loss_scale = 1.0f;
-    control_.inv_scale = 1.0f;
-    control_.seed = 42;
-    control_.iteration = 3;
-  }
-
-  struct Result {
-    double loss = 0;
-    std::vector<T> output;
-    std::vector<std::vector<T>> node_outputs;
-    std::vector<T> d_input;
-    std::vector<std::vector<T>> d_params;  // flat, in node order
-  };
-
-  Result run(bool with_grad) {
-    const std::size_t count = g_.nodes.size();
-    std::vector<std::vector<T>> act(count), dact(count);
-    std::vector<std::vector<std::vector<T>>> scratch(count);
-    const std::vector<T> x = cast(input);
-    std::vector<std::vector<T>> p;
-    for (const Vec& v : params) p.push_back(cast(v));
-    auto activation = [&](int src) -> const std::vector<T>& {
-      return src == graph::kModelInput ? x : act[static_cast<std::size_t>(src)];
-    };
-    auto buffers_of = [&](std::size_t i) {
-      std::vector<Buf> b;
-      for (auto& s : scratch[i]) b.push_back(Buf{s.data(), dtype_of<T>()});
-      return b;
-    };
-    std::size_t next_param = 0;
-    std::vector<std::size_t> first_param(count);
-    for (std::size_t i = 0; i < count; ++i) {
-      const auto& node = g_.nodes[i];
-      first_param[i] = next_param;
-      act[i].assign(static_cast<std::size_t>(batch_ * numel(node.shape)), nan());
-      for (const BufferDecl& d : node.buffers) {
-        scratch[i].emplace_back(static_cast<std::size_t>(numel(d.shape)), nan());
-      }
-      ForwardArgs a{backend_, &control_, true, batch_, {}, Buf{act[i].data(), dtype_of<T>()},
-                    {},       false};
-      for (int src : node.inputs) a.inputs.push_back(CBuf(activation(src).data(), dtype_of<T>()));
-      for (std::size_t k = 0; k < node.params.size(); ++k) {
-        a.params.push_back(CBuf(p[next_param++].data(), dtype_of<T>()));
-      }
-      a.buffers = buffers_of(i);
-      node.layer->forward(a);
-    }
-    const auto out = static_cast<std::size_t>(g_.output);
-    Result r;
-    r.output = act[out];
-    r.node_outputs = act;
-    std::vector<bool> written(count, false);
-    LossDesc d;
-    d.kind = LossKind::SparseCrossEntropy;
-    d.pred = CBuf(act[out].data(), dtype_of<T>());
-    d.rows = rows_;
-    d.cols = cols_;
-    d.labels = labels.data();
-    float loss32 = 0.0f;
-    d.loss = &loss32;
-    d.control = &control_;
-    if (with_grad) {
-      dact[out].assign(act[out].size(), nan());
-      d.dpred = Buf{dact[out].data(), dtype_of<T>()};
-      written[out] = true;
-    }
-    backend_.loss(d);
-    r.loss = backend_.last_loss();
-    if (!with_grad) return r;
-
-    r.d_input.assign(x.size(), nan());
-    bool input_written = false;
-    r.d_params.resize(p.size());
-    for (std::size_t i = count; i-- > 0;) {
-      if (!written[i]) continue;
-      const auto& node = g_.nodes[i];
-      BackwardArgs a{backend_,
-                     &control_,
-                     batch_,
-                     {},
-                     CBuf(act[i].data(), dtype_of<T>()),
-                     CBuf(dact[i].data(), dtype_of<T>()),
-                     {},
-                     {},
-                     {},
-                     {},
-                     false};
-      for (int src : node.inputs) {
-        a.inputs.push_back(CBuf(activation(src).data(), dtype_of<T>()));
-        if (src == graph::kModelInput) {
-          a.grad_inputs.push_back(Buf{r.d_input.data(), dtype_of<T>()});
-          a.accumulate_inputs.push_back(input_written);
-          input_written = true;
-        } else {
-          const auto s = static_cast<std::size_t>(src);
-          if (!written[s]) dact[s].assign(act[s].size(), nan());
-          a.grad_inputs.push_back(Buf{dact[s].data(), dtype_of<T>()});
-          a.accumulate_inputs.push_back(written[s]);
-          written[s] = true;
-        }
-      }
-      for (std::size_t k = 0; k < node.params.size(); ++k) {
-        const std::size_t j = first_param[i] + k;
-        a.params.push_back(CBuf(p[j].data(), dtype_of<T>()));
-        r.d_params[j].assign(p[j].size(), nan());
-        a.grad_params.push_back(Buf{r.d_params[j].data(), dtype_of<T>()});
-      }
-      a.buffers = buffers_of(i);
-      node.layer->backward(a);
-    }
-    return r;
-  }
-
-  Vec input;
-  std::vector<Vec> params;
-  std::vector<std::int32_t> labels;
-
- private:
-  static T nan() { return std::numeric_limits<T>::quiet_NaN(); }
-  static std::vector<T> cast(const Vec& v) { return std::vector<T>(v.begin(), v.end()); }
-
-  const graph::Graph& g_;
-  Draw draw_;
-  std::int64_t batch_ = 0, rows_ = 0, cols_ = 0;
-  cpu::CpuBackend backend_;
-  StepControl control_{};
-};
 
 // |a - b| within n units in the last place of the larger magnitude (0: bit for bit, NaN == NaN).
 ::testing::AssertionResult within_ulps(const std::vector<float>& a, const std::vector<float>& b,
@@ -359,16 +208,21 @@ TEST(FusionNumerics, FusedEqualsUnfusedInFp32) {
   const ModelSpec spec = mlp_spec();
   const Model fused = compile_fused(spec, true), plain = compile_fused(spec, false);
   ASSERT_EQ(fused.graph().nodes.size() + 2, plain.graph().nodes.size());
-  GraphExec<float> rf(fused, 11), rp(plain, 11);
-  const auto f = rf.run(true), p = rp.run(true);
+  gradcheck::GraphRun<float> rf(fused, LossKind::SparseCrossEntropy, 11);
+  gradcheck::GraphRun<float> rp(plain, LossKind::SparseCrossEntropy, 11);
+  gradcheck::GraphRun<float>::Grads gf, gp;
+  std::vector<std::vector<float>> of, op;
+  const double lf = rf.run(&gf, &of), lp = rp.run(&gp, &op);
   // Forward: bit for bit (the same sgemm, bias and activation arithmetic).
-  EXPECT_EQ(f.output, p.output);
-  EXPECT_EQ(f.loss, p.loss);
+  EXPECT_EQ(of[static_cast<std::size_t>(fused.graph().output)],
+            op[static_cast<std::size_t>(plain.graph().output)]);
+  EXPECT_EQ(lf, lp);
   // Gradients: within 1 ulp (in fact the same bits: the same products and sums in the same order).
-  EXPECT_TRUE(within_ulps(f.d_input, p.d_input, 1));
-  ASSERT_EQ(f.d_params.size(), p.d_params.size());
-  for (std::size_t j = 0; j < f.d_params.size(); ++j) {
-    EXPECT_TRUE(within_ulps(f.d_params[j], p.d_params[j], 1)) << "parameter " << j;
+  EXPECT_TRUE(within_ulps(gf.input, gp.input, 1));
+  const auto pf = flat(gf.params), pp = flat(gp.params);
+  ASSERT_EQ(pf.size(), pp.size());
+  for (std::size_t j = 0; j < pf.size(); ++j) {
+    EXPECT_TRUE(within_ulps(pf[j], pp[j], 1)) << "parameter " << j;
   }
 }
 
@@ -494,35 +348,15 @@ void check_fused_gradients(Activation act) {
   // clear of it by far more than the largest perturbation (2h * |x| < 0.002).
   std::uint64_t seed = 1;
   for (; seed < 200; ++seed) {
-    GraphExec<double> probe(plain, seed);
-    const auto r = probe.run(false);
+    gradcheck::GraphRun<double> probe(plain, LossKind::SparseCrossEntropy, seed);
+    std::vector<gradcheck::Vec> outputs;
+    probe.run(nullptr, &outputs);
     double closest = 1e9;
-    for (double z : r.node_outputs[0]) closest = std::min(closest, std::fabs(z));
+    for (double z : outputs[0]) closest = std::min(closest, std::fabs(z));
     if (act != Activation::ReLU || closest > 0.02) break;
   }
   ASSERT_LT(seed, 200u);
-
-  GraphExec<double> run(fused, seed);
-  const auto analytic = run.run(true);
-  const double l0 = analytic.loss;
-  auto fd_of = [&](Vec& tensor) {
-    Vec fd(tensor.size());
-    for (std::size_t j = 0; j < tensor.size(); ++j) {
-      fd[j] = gradcheck::central_difference([&](double delta) {
-        const double keep = tensor[j];
-        tensor[j] = keep + delta;
-        const double l = run.run(false).loss;
-        tensor[j] = keep;
-        return l - l0;
-      });
-    }
-    return fd;
-  };
-  gradcheck::expect_gradient_near("d input", analytic.d_input, fd_of(run.input));
-  for (std::size_t j = 0; j < run.params.size(); ++j) {
-    gradcheck::expect_gradient_near("d param " + std::to_string(j), analytic.d_params[j],
-                                    fd_of(run.params[j]));
-  }
+  gradcheck::check_graph(fused, LossKind::SparseCrossEntropy, seed);
 }
 
 TEST(FusionGradient, DenseReluMatchesFloat64FiniteDifferences) {
