@@ -376,44 +376,28 @@ void check_pool(const PoolDesc& d, const char* op) {
   }
 }
 
-// The frame of the four windowed pooling ops: T from `dtype` (an unsupported one throws even
-// while planning), nothing while planning or for an empty pass (`skip`) or no channels, 16-byte
-// packs where the channels and every pointer allow, the division type for the pooled tensors'
-// index range. Calls launch(T{}, std::integral_constant<int, V>{}, D{}, C / V).
-template <typename Launch, typename... Ptr>
-void pool_launch(DType dtype, const char* op, bool skip, const PoolDesc& d, Launch&& launch,
-                 const Ptr*... ptrs) {
-  dispatch_float(dtype, op, [&](auto t) {
-    using T = decltype(t);
-    if (skip || d.C <= 0) return;
-    with_pack<T>(use_packs<T>(d.C, ptrs...), [&](auto pack) {
-      constexpr int V = decltype(pack)::value;
-      with_div(std::max(d.N * d.P * d.Q, d.N * d.H * d.W) * d.C,
-               [&](auto div) { launch(t, pack, div, d.C / V); });
-    });
-  });
-}
-
 }  // namespace
 
 void CudaBackend::max_pool2d_forward(const PoolDesc& d, CBuf x, Buf y) {
   const char* op = "max_pool2d_forward";
   require_same(x.dtype, y.dtype, op);
   check_pool(d, op);
-  const bool skip = planning() || d.N * d.P * d.Q <= 0;
-  pool_launch(
-      y.dtype, op, skip, d,
-      [&](auto t, auto pack, auto div, std::int64_t cols) {
-        using T = decltype(t);
-        constexpr int V = decltype(pack)::value;
+  dispatch_float(y.dtype, op, [&](auto t) {
+    using T = decltype(t);
+    if (planning() || d.N * d.P * d.Q <= 0 || d.C <= 0) return;
+    with_pack<T>(use_packs<T>(d.C, x.ptr, y.ptr), [&](auto pack) {
+      constexpr int V = decltype(pack)::value;
+      const std::int64_t cols = d.C / V;
+      with_div(std::max(d.N * d.P * d.Q, d.N * d.H * d.W) * d.C, [&](auto div) {
         using D = decltype(div);
         max_pool_forward_kernel<T, V, D>
             <<<grid_for(d.N * d.P * d.Q * cols, kThreads), kThreads, 0, stream_>>>(
                 d, Dims<D>{D(d.P), D(d.Q), D(cols)}, static_cast<const T*>(x.ptr),
                 static_cast<T*>(y.ptr));
         MIXTRAIN_CUDA_LAUNCH_CHECK("max_pool_forward_kernel");
-      },
-      x.ptr, y.ptr);
+      });
+    });
+  });
 }
 
 void CudaBackend::max_pool2d_backward(const PoolDesc& d, CBuf x, CBuf y, CBuf dy, Buf dx,
@@ -423,12 +407,13 @@ void CudaBackend::max_pool2d_backward(const PoolDesc& d, CBuf x, CBuf y, CBuf dy
   require_same(x.dtype, dy.dtype, op);
   require_same(x.dtype, dx.dtype, op);
   check_pool(d, op);
-  const bool skip = planning() || d.N * d.H * d.W <= 0;
-  pool_launch(
-      dx.dtype, op, skip, d,
-      [&](auto t, auto pack, auto div, std::int64_t cols) {
-        using T = decltype(t);
-        constexpr int V = decltype(pack)::value;
+  dispatch_float(dx.dtype, op, [&](auto t) {
+    using T = decltype(t);
+    if (planning() || d.N * d.H * d.W <= 0 || d.C <= 0) return;
+    with_pack<T>(use_packs<T>(d.C, x.ptr, y.ptr, dy.ptr, dx.ptr), [&](auto pack) {
+      constexpr int V = decltype(pack)::value;
+      const std::int64_t cols = d.C / V;
+      with_div(std::max(d.N * d.P * d.Q, d.N * d.H * d.W) * d.C, [&](auto div) {
         using D = decltype(div);
         max_pool_backward_kernel<T, V, D>
             <<<grid_for(d.N * d.H * d.W * cols, kThreads), kThreads, 0, stream_>>>(
@@ -436,48 +421,53 @@ void CudaBackend::max_pool2d_backward(const PoolDesc& d, CBuf x, CBuf y, CBuf dy
                 static_cast<const T*>(x.ptr), static_cast<const T*>(y.ptr),
                 static_cast<const T*>(dy.ptr), static_cast<T*>(dx.ptr), accumulate);
         MIXTRAIN_CUDA_LAUNCH_CHECK("max_pool_backward_kernel");
-      },
-      x.ptr, y.ptr, dy.ptr, dx.ptr);
+      });
+    });
+  });
 }
 
 void CudaBackend::avg_pool2d_forward(const PoolDesc& d, CBuf x, Buf y) {
   const char* op = "avg_pool2d_forward";
   require_same(x.dtype, y.dtype, op);
   check_pool(d, op);
-  const bool skip = planning() || d.N * d.P * d.Q <= 0;
-  pool_launch(
-      y.dtype, op, skip, d,
-      [&](auto t, auto pack, auto div, std::int64_t cols) {
-        using T = decltype(t);
-        constexpr int V = decltype(pack)::value;
+  dispatch_float(y.dtype, op, [&](auto t) {
+    using T = decltype(t);
+    if (planning() || d.N * d.P * d.Q <= 0 || d.C <= 0) return;
+    with_pack<T>(use_packs<T>(d.C, x.ptr, y.ptr), [&](auto pack) {
+      constexpr int V = decltype(pack)::value;
+      const std::int64_t cols = d.C / V;
+      with_div(std::max(d.N * d.P * d.Q, d.N * d.H * d.W) * d.C, [&](auto div) {
         using D = decltype(div);
         avg_pool_forward_kernel<T, V, D>
             <<<grid_for(d.N * d.P * d.Q * cols, kThreads), kThreads, 0, stream_>>>(
                 d, Dims<D>{D(d.P), D(d.Q), D(cols)}, static_cast<const T*>(x.ptr),
                 static_cast<T*>(y.ptr));
         MIXTRAIN_CUDA_LAUNCH_CHECK("avg_pool_forward_kernel");
-      },
-      x.ptr, y.ptr);
+      });
+    });
+  });
 }
 
 void CudaBackend::avg_pool2d_backward(const PoolDesc& d, CBuf dy, Buf dx, bool accumulate) {
   const char* op = "avg_pool2d_backward";
   require_same(dy.dtype, dx.dtype, op);
   check_pool(d, op);
-  const bool skip = planning() || d.N * d.H * d.W <= 0;
-  pool_launch(
-      dx.dtype, op, skip, d,
-      [&](auto t, auto pack, auto div, std::int64_t cols) {
-        using T = decltype(t);
-        constexpr int V = decltype(pack)::value;
+  dispatch_float(dx.dtype, op, [&](auto t) {
+    using T = decltype(t);
+    if (planning() || d.N * d.H * d.W <= 0 || d.C <= 0) return;
+    with_pack<T>(use_packs<T>(d.C, dy.ptr, dx.ptr), [&](auto pack) {
+      constexpr int V = decltype(pack)::value;
+      const std::int64_t cols = d.C / V;
+      with_div(std::max(d.N * d.P * d.Q, d.N * d.H * d.W) * d.C, [&](auto div) {
         using D = decltype(div);
         avg_pool_backward_kernel<T, V, D>
             <<<grid_for(d.N * d.H * d.W * cols, kThreads), kThreads, 0, stream_>>>(
                 d, Dims<D>{D(d.H), D(d.W), D(cols)}, D(d.stride_h), D(d.stride_w),
                 static_cast<const T*>(dy.ptr), static_cast<T*>(dx.ptr), accumulate);
         MIXTRAIN_CUDA_LAUNCH_CHECK("avg_pool_backward_kernel");
-      },
-      dy.ptr, dx.ptr);
+      });
+    });
+  });
 }
 
 void CudaBackend::global_avg_pool_forward(CBuf x, Buf y, std::int64_t n, std::int64_t pixels,
