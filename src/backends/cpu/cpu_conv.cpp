@@ -189,6 +189,21 @@ std::pair<const A*, std::int64_t> group_columns(const ConvDesc& d, const Geometr
   return {buf, ge.kc};
 }
 
+// What a chunk of `rows` output pixels (images from n0) reads its columns from: the slot-0
+// scratch (a group's column matrix, or the widened input of a 1x1 convolution; none when that
+// input already is A), from scratch(slot, bytes), and for a 1x1 convolution the chunk's input as
+// A. group_columns takes both.
+template <typename T, typename A, typename Scratch>
+std::pair<void*, const A*> chunk_columns(const ConvDesc& d, const Geometry& ge, const T* x,
+                                         std::int64_t n0, std::int64_t rows, Scratch&& scratch) {
+  void* cols =
+      ge.identity && std::is_same_v<T, A>
+          ? nullptr
+          : scratch(0, static_cast<std::size_t>(rows * (ge.identity ? d.C : ge.kc)) * sizeof(A));
+  const A* input = ge.identity ? as_acc<T, A>(x + n0 * ge.hw * d.C, rows, d.C, cols) : nullptr;
+  return {cols, input};
+}
+
 }  // namespace
 
 void CpuBackend::FreeDeleter::operator()(void* p) const noexcept {
@@ -213,6 +228,7 @@ void CpuBackend::conv2d_forward(const ConvDesc& d, CBuf x, CBuf w, CBuf bias, Bu
     throw Error("internal: conv2d_forward needs x, w and y of one dtype");
   }
   const Geometry ge(d);
+  const auto scratch = [this](int slot, std::size_t bytes) { return conv_scratch(slot, bytes); };
   dispatch_float(y.dtype, [&](auto t) {
     using T = decltype(t);
     using A = acc_t<T>;
@@ -243,14 +259,7 @@ void CpuBackend::conv2d_forward(const ConvDesc& d, CBuf x, CBuf w, CBuf bias, Bu
       } else {
         out = static_cast<A*>(conv_scratch(1, static_cast<std::size_t>(rows * d.K) * sizeof(A)));
       }
-      // Slot 0: a group's column matrix, or the widened input of a 1x1 convolution (none when
-      // the input already is A).
-      void* cols =
-          ge.identity && direct
-              ? nullptr
-              : conv_scratch(
-                    0, static_cast<std::size_t>(rows * (ge.identity ? d.C : ge.kc)) * sizeof(A));
-      const A* input = ge.identity ? as_acc<T, A>(px + n0 * ge.hw * d.C, rows, d.C, cols) : nullptr;
+      const auto [cols, input] = chunk_columns<T, A>(d, ge, px, n0, rows, scratch);
       for (std::int64_t g = 0; g < d.groups; ++g) {
         const auto [cg, ld] = group_columns(d, ge, px, input, n0, nb, g, cols);
         blas_gemm<A>(false, true, rows, ge.kg, ge.kc, cg, ld, pw + g * ge.kg * ge.kc, ge.kc, A(0),
@@ -330,6 +339,7 @@ void CpuBackend::conv2d_backward_filter(const ConvDesc& d, CBuf x, CBuf dy, Buf 
     throw Error("internal: conv2d_backward_filter needs x and dy of one dtype");
   }
   const Geometry ge(d);
+  const auto scratch = [this](int slot, std::size_t bytes) { return conv_scratch(slot, bytes); };
   dispatch_float(x.dtype, [&](auto t) {
     using T = decltype(t);
     using A = acc_t<T>;
@@ -353,13 +363,7 @@ void CpuBackend::conv2d_backward_filter(const ConvDesc& d, CBuf x, CBuf dy, Buf 
       const A* g_out = as_acc<T, A>(
           pdy + n0 * ge.pq * d.K, rows, d.K,
           direct ? nullptr : conv_scratch(1, static_cast<std::size_t>(rows * d.K) * sizeof(A)));
-      // Slot 0, as in the forward pass.
-      void* cols =
-          ge.identity && direct
-              ? nullptr
-              : conv_scratch(
-                    0, static_cast<std::size_t>(rows * (ge.identity ? d.C : ge.kc)) * sizeof(A));
-      const A* input = ge.identity ? as_acc<T, A>(px + n0 * ge.hw * d.C, rows, d.C, cols) : nullptr;
+      const auto [cols, input] = chunk_columns<T, A>(d, ge, px, n0, rows, scratch);
       for (std::int64_t g = 0; g < d.groups; ++g) {
         const auto [cg, ld] = group_columns(d, ge, px, input, n0, nb, g, cols);
         blas_gemm<A>(true, false, ge.kg, ge.kc, rows, g_out + g * ge.kg, d.K, cg, ld, beta,
