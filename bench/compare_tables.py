@@ -38,14 +38,6 @@ def number(v, digits=0):
     return "-" if v is None else f"{v:,.{digits}f}"
 
 
-def step_kind(r):
-    """How mixtrain ran the steps: one fused kernel each, op by op, or some of each."""
-    fused, steps = r.get("fused_steps"), r.get("steps")
-    if fused is None or steps is None:
-        return "-"
-    return "op-by-op" if fused == 0 else ("fused" if fused == steps else "mixed")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,7 +76,7 @@ def main():
             number(r["end_to_end"]["samples_per_s"]),
             number(r["peak_memory_bytes"] / 2**20, 1),
             number(t.get("peak_mem_mb"), 1) if t else "-",
-            step_kind(r),
+            r.get("step", "-"),
         ])
 
     if a.markdown:

@@ -24,16 +24,7 @@ std::vector<DenseChainLayer> chain_of(const Model& m) {
   if (g.nodes[static_cast<std::size_t>(g.output)].layer->type() == "softmax") {
     loss_node = g.nodes[static_cast<std::size_t>(g.output)].inputs[0];
   }
-  // The training forward pass runs the loss node's ancestors.
-  std::vector<bool> in_forward(g.nodes.size(), false);
-  in_forward[static_cast<std::size_t>(loss_node)] = true;
-  for (std::size_t i = g.nodes.size(); i-- > 0;) {
-    if (!in_forward[i]) continue;
-    for (int src : g.nodes[i].inputs) {
-      if (src != graph::kModelInput) in_forward[static_cast<std::size_t>(src)] = true;
-    }
-  }
-  std::vector<DenseChainLayer> chain = dense_chain_layers(g, plan, loss_node, in_forward);
+  std::vector<DenseChainLayer> chain = dense_chain_layers(g, plan, loss_node);
   for (const DenseChainLayer& L : chain) {
     // Every buffer points into the plan (the test reads no memory through them).
     EXPECT_TRUE(L.weight && L.grad_weight && L.output && L.grad_pre);

@@ -209,7 +209,7 @@ TEST(OptimizerStep, LargeRangeMatchesElementRule) {
     const OptimizerStepScalars sc = optimizer_step_scalars(
         h, 0.01f, 10.0f / (20.0f + 1e-6f), p.control.optimizer_steps, p.control.optimizer_scalar);
     for (std::size_t i = 0; i < master.size(); ++i) {
-      optimizer_update_element(h, sc, master[i], p.grad[i], &s[3 * i]);
+      optimizer_update_element(h, h.kind, sc, master[i], p.grad[i], &s[3 * i]);
     }
     p.step();
   }

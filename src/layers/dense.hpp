@@ -31,12 +31,12 @@ class Dense final : public Layer {
   static bool fusable(Activation act) {
     return act == Activation::ReLU || act == Activation::GELUTanh;
   }
+  // The scratch buffer viewed as `dtype` values; throws when the layer was given none that fits.
+  Buf scratch(const std::vector<Buf>& buffers, DType dtype) const;
 
  private:
   // Rows of the product: the batch times every dimension before the last.
   std::int64_t rows(std::int64_t batch) const { return batch * in_numel() / in_shape().back(); }
-  // The scratch buffer viewed as `dtype` values; throws when the layer was given none that fits.
-  Buf scratch(const std::vector<Buf>& buffers, DType dtype) const;
   std::int64_t units_;
   bool bias_;
   Activation activation_;

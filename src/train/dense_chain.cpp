@@ -9,8 +9,7 @@
 namespace mixtrain {
 
 std::vector<DenseChainLayer> dense_chain_layers(const graph::Graph& g, const Plan& plan,
-                                                int loss_node,
-                                                const std::vector<bool>& in_forward) {
+                                                int loss_node) {
   if (g.sample_shape.size() != 1 || loss_node < 0) return {};
   // The nodes from the input to the loss node, each reading the one before.
   std::vector<int> path;
@@ -21,8 +20,6 @@ std::vector<DenseChainLayer> dense_chain_layers(const graph::Graph& g, const Pla
     node = n.inputs[0];
   }
   std::reverse(path.begin(), path.end());
-  const auto running = std::count(in_forward.begin(), in_forward.end(), true);
-  if (running != static_cast<std::ptrdiff_t>(path.size())) return {};  // other nodes run too
 
   std::vector<DenseChainLayer> chain;
   bool after_dropout = false;
@@ -44,7 +41,7 @@ std::vector<DenseChainLayer> dense_chain_layers(const graph::Graph& g, const Pla
     if (dense == nullptr) return {};
     after_dropout = false;
     const bool head = p + 1 == path.size();
-    if (!head && (dense->activation() != Activation::ReLU || mem.buffers.empty())) return {};
+    if (!head && dense->activation() != Activation::ReLU) return {};
     DenseChainLayer L;
     L.in = g.shape_of(n.inputs[0]).back();
     L.out = dense->units();
@@ -60,7 +57,7 @@ std::vector<DenseChainLayer> dense_chain_layers(const graph::Graph& g, const Pla
     L.output = mem.activation;
     // The head's gradient is that of the logits, in the node's gradient buffer; a hidden layer's
     // pre-activation gradient goes to its scratch, as Dense::backward puts it.
-    L.grad_pre = head ? mem.gradient : Buf{mem.buffers[0].ptr, plan.compute()};
+    L.grad_pre = head ? mem.gradient : dense->scratch(mem.buffers, plan.compute());
     chain.push_back(L);
   }
   return chain;

@@ -55,11 +55,9 @@ MIXTRAIN_HD OptimizerStepScalars optimizer_step_scalars(const OptimizerHyper& h,
                                                         std::int32_t applied_steps,
                                                         float mu_product_before);
 
-// Updates one element: p is the fp32 master value, g the unscaled gradient (before clipping and
-// weight decay), s the element's state slots.
-MIXTRAIN_HD void optimizer_update_element(const OptimizerHyper& h, const OptimizerStepScalars& sc,
-                                          float& p, float g, float* s);
-// The same with the rule given apart (h.kind is not read).
+// Updates one element by the rule `kind` (h.kind is not read, so that a caller can make it a
+// compile-time constant): p is the fp32 master value, g the unscaled gradient (before clipping
+// and weight decay), s the element's state slots.
 MIXTRAIN_HD void optimizer_update_element(const OptimizerHyper& h, Optimizer kind,
                                           const OptimizerStepScalars& sc, float& p, float g,
                                           float* s);

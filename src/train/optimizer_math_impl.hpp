@@ -164,9 +164,4 @@ MIXTRAIN_HD void optimizer_update_element(const OptimizerHyper& h, Optimizer kin
   }
 }
 
-MIXTRAIN_HD void optimizer_update_element(const OptimizerHyper& h, const OptimizerStepScalars& sc,
-                                          float& p, float g, float* s) {
-  optimizer_update_element(h, h.kind, sc, p, g, s);
-}
-
 }  // namespace mixtrain

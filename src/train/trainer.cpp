@@ -208,8 +208,12 @@ Trainer::Impl::Impl(const Model& m, TrainerConfig c) : model(m), config(c) {
   scaler.dynamic = scale_mode == LossScaleMode::Dynamic ? 1 : 0;
   scaler.history_size = plan->options.history_size;
 
-  if (loss_kind == LossKind::SparseCrossEntropy && rows_per_sample == 1) {
-    chain = dense_chain_layers(g, *plan, loss_node, in_forward);
+  if (loss_kind == LossKind::SparseCrossEntropy) {
+    chain.layers = dense_chain_layers(g, *plan, loss_node);
+    chain.control = plan->control;
+    chain.optimizer = optimizer_desc();
+    chain.scaler = scaler;
+    chain.history = plan->history;
   }
 
   const std::int64_t b = g.max_batch;
@@ -373,22 +377,16 @@ OptimizerDesc Trainer::Impl::optimizer_desc() const {
 }
 
 bool Trainer::Impl::run_dense_chain(std::int64_t n) {
-  DenseChainStep s;
-  s.rows = n;
-  s.input = plan->input;
-  s.labels = plan->labels;
-  s.layers = chain;
-  s.control = plan->control;
-  s.optimizer = optimizer_desc();
-  s.scaler = scaler;
-  s.history = plan->history;
-  return backend->dense_chain_step(s);
+  chain.rows = n;
+  chain.input = plan->input;  // a stored batch's, for its own steps
+  chain.labels = plan->labels;
+  return backend->dense_chain_step(chain);
 }
 
 StepResult Trainer::Impl::step(Trainer* owner, std::int64_t n, const std::string& key) {
   backend->run_step(key, [&] {
     // run_step calls this when it plans or captures the step (not on a replay): remember how.
-    const bool fused = !chain.empty() && run_dense_chain(n);
+    const bool fused = !chain.layers.empty() && run_dense_chain(n);
     fused_keys[key] = fused;
     if (fused) return;
     forward(n, true);

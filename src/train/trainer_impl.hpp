@@ -59,8 +59,9 @@ struct Trainer::Impl {
   std::vector<StoredBatch> device_batches;
 
   // The model as a dense chain the backend may train in one fused step (train/dense_chain.hpp),
-  // else empty; which captured steps ran fused, and how many steps did.
-  std::vector<DenseChainLayer> chain;
+  // its layers empty when it is not one; built once, each step sets its rows, input and labels.
+  // Which captured steps ran fused, and how many steps did.
+  DenseChainStep chain;
   std::unordered_map<std::string, bool> fused_keys;
   std::int64_t fused_steps = 0;
 

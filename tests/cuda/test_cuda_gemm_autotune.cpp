@@ -3,8 +3,6 @@
 // run_step is tuned in the planning pass and replays under graph capture, and a trainer trains
 // with it on.
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 
 #include "cuda_test_util.hpp"
 #include "cuda_trainer_util.hpp"

@@ -1,7 +1,5 @@
 // The CUDA backend's machinery (transfers, memory accounting, step capture) and the public API
 // end to end: the same model and seed trained on Device::CUDA and Device::CPU.
-#include <cstdlib>
-#include <cstring>
 
 #include "cuda_test_util.hpp"
 #include "cuda_trainer_util.hpp"

@@ -313,6 +313,7 @@ int run_bench(const BenchOptions& o) {
                               {"skipped_steps", r.skipped},
                               {"steps", r.steps},
                               {"fused_steps", r.fused_steps},
+                              {"step", step_kind(r)},
                               {"final_loss_scale", r.loss_scale},
                               {"speedup_vs_fp32", optional_json(r.speedup)},
                               {"end_to_end_speedup_vs_fp32", optional_json(r.e2e_speedup)}});
