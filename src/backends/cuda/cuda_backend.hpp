@@ -157,8 +157,9 @@ class CudaBackend final : public Backend {
   // Reads bytes (16-byte aligned) of device memory on the stream: leaves the L2 cache holding
   // clean lines of p (GEMM autotuning, before each timed launch).
   void read_through(const void* p, std::size_t bytes);
-  // Runs d with the kernels of cuda_skinny_gemm.cu when it is a product they cover (a dimension
-  // of at most 16); returns false, having done nothing, otherwise.
+  // Runs d with cuda_skinny_gemm.cu's kernel when it is the product it covers (an input gradient
+  // C = A B with k <= 16: no transposes, batch 1, alpha 1, no bias and no epilogue); returns
+  // false, having done nothing, otherwise.
   bool skinny_gemm(const GemmDesc& d);
   // Times the heuristic's candidates for a new plan on scratch operands and returns the index
   // of the one to keep (cuda_gemm.cpp). Allocates and synchronises: never during a capture.
@@ -207,9 +208,10 @@ class CudaBackend final : public Backend {
   void* scratch_ = nullptr;
   std::size_t scratch_bytes_ = 0;
   // Zero-initialised completion counters of the kernels whose last block finishes a reduction
-  // (last_block_done in cuda_common.cuh); each is back at zero after its kernel.
+  // (last_to_arrive in cuda_common.cuh: one for a grid, or one per grid column); each is back at
+  // zero after its kernel.
   unsigned int* step_counters_ = nullptr;
-  // The optimizer pass's per-step values for large grids (cuda_step.cu: PreparedStep).
+  // The optimizer pass's per-step values for large grids (cuda_optimizer.cuh: PreparedStep).
   void* prepared_step_ = nullptr;
   static constexpr std::size_t kPreparedStepBytes = 128;
   static constexpr int kCounterCheck = 0;   // unscale_kernel
@@ -239,7 +241,7 @@ class CudaBackend final : public Backend {
   bool fused_epilogues_ = true;
   // Time the heuristic's candidates when a GEMM plan is created outside a capture (cuda_gemm.cpp).
   bool gemm_autotune_ = true;
-  // Products with a dimension of at most 16 by our kernels (false when
+  // Input gradients with k <= 16 by our kernel (skinny_gemm; false when
   // MIXTRAIN_CUDA_SKINNY_GEMM=0: cuBLASLt for every product, for A/B timing).
   bool skinny_gemms_ = true;
   // Dense chains' steps as one kernel (false when MIXTRAIN_CUDA_FUSED_CHAIN=0: op by op).

@@ -454,31 +454,17 @@ __global__ void __launch_bounds__(kThreads) dense_chain_kernel(ChainArgs<T> a) {
 
   // The blocks' gradient-check partials; after the barrier every block adds them in block order:
   // the same norm and flag in each.
-  {
-    const int any_bad = __syncthreads_or(norm.bad ? 1 : 0);
-    const double total = block_sum(norm.sum, shared);
-    if (threadIdx.x == 0) {
-      a.norm_partial[block] = total;
-      a.bad_partial[block] = any_bad;
-    }
-  }
+  store_check_partial(norm.sum, norm.bad, a.norm_partial, a.bad_partial, block, shared);
   grid.sync();
   first.load_grads(lowp, lowp_packs, tid, stride);
   first32.load_grads(a.opt.f32, f32_packs, tid32, stride);
   __shared__ float step_norm_sq;
   __shared__ int step_bad;
   {
-    double acc = 0.0;
-    int bad = 0;
-    for (int i = static_cast<int>(threadIdx.x); i < blocks; i += kThreads) {
-      acc += __ldcg(a.norm_partial + i);
-      bad |= __ldcg(a.bad_partial + i);
-    }
-    bad = __syncthreads_or(bad);
-    const double total = block_sum(acc, shared);
+    const CheckTotal total = check_total(a.norm_partial, a.bad_partial, blocks, shared);
     if (threadIdx.x == 0) {
-      step_bad = bad;
-      step_norm_sq = bad != 0 ? INFINITY : static_cast<float>(total);
+      step_bad = total.found;
+      step_norm_sq = total.norm_sq;
     }
     __syncthreads();
   }
@@ -544,6 +530,44 @@ void launch_chain(const void* kernel, ChainArgs<T> a, int blocks, cudaStream_t s
   MIXTRAIN_CUDA_CHECK(cudaLaunchKernelExC(&config, kernel, args));
 }
 
+// The kernel's arguments: the step's buffers as T, the row losses and the check's partials in
+// `doubles` (the backend's scratch), the finish's completion counter.
+template <typename T>
+ChainArgs<T> chain_args(const DenseChainStep& s, const OptimizerArgs& opt, double* doubles,
+                        unsigned int* counter) {
+  ChainArgs<T> a{};
+  a.rows = static_cast<int>(s.rows);
+  a.layers = static_cast<int>(s.layers.size());
+  a.x = static_cast<const T*>(s.input.ptr);
+  a.labels = s.labels;
+  for (int l = 0; l < a.layers; ++l) {
+    const DenseChainLayer& L = s.layers[static_cast<std::size_t>(l)];
+    ChainLayer<T>& d = a.l[l];
+    d.in = static_cast<int>(L.in);
+    d.out = static_cast<int>(L.out);
+    d.relu = L.act == Activation::ReLU ? 1 : 0;
+    d.w = static_cast<const T*>(L.weight.ptr);
+    d.b = static_cast<const T*>(L.bias.ptr);
+    d.gw = static_cast<T*>(L.grad_weight.ptr);
+    d.gb = L.bias ? L.grad_bias : nullptr;
+    d.y = static_cast<T*>(L.output.ptr);
+    d.dropped = L.dropout > 0.0f ? static_cast<T*>(L.dropped.ptr) : nullptr;
+    d.rate = L.dropout;
+    d.keep_scale = 1.0f / (1.0f - L.dropout);
+    d.salt = L.dropout_salt;
+    d.dz = static_cast<T*>(L.grad_pre.ptr);
+  }
+  a.row_loss = doubles;
+  a.norm_partial = doubles + kMaxRows;  // launch_chain places bad_partial after it
+  a.opt = opt;
+  a.working = static_cast<T*>(s.optimizer.working.ptr);
+  a.control = s.control;
+  a.scaler = s.scaler;
+  a.history = s.history;
+  a.counter = counter;
+  return a;
+}
+
 // Why a chain cannot take the fused path (null: it can). Device pointers must allow WMMA's
 // 32-byte fragment loads and the optimizer's 16-byte packs.
 const char* chain_unsupported(const DenseChainStep& s) {
@@ -581,13 +605,7 @@ const char* chain_unsupported(const DenseChainStep& s) {
   const OptimizerDesc& o = s.optimizer;
   if (!o.working || o.working.dtype != t) return "working copy";
   if (o.grad.lowp_count > 0 && o.grad.lowp.dtype != t) return "gradient dtype";
-  if (o.grad.lowp_count % 4 != 0 || !aligned_to(o.master, 16) || !aligned_to(o.grad.f32, 16) ||
-      !aligned_to(o.grad.lowp.ptr, 16) || !aligned_to(o.working.ptr, 16)) {
-    return "optimizer alignment";
-  }
-  for (int k = 0; k < optimizer_state_slots(o.hyper); ++k) {
-    if (!aligned_to(o.state[k], 16)) return "optimizer alignment";
-  }
+  if (!aligned_to(o.working.ptr, 16)) return "working copy alignment";  // the rest: packs_aligned
   return nullptr;
 }
 
@@ -608,44 +626,15 @@ bool CudaBackend::dense_chain_step(const DenseChainStep& s) {
   if (blocks < 1) return false;  // the kernel does not fit on an SM (not on an H200)
   // Validates the optimizer's arguments like the op-by-op pass.
   const OptimizerArgs opt = optimizer_args(s.optimizer);
+  if (!packs_aligned(opt)) return false;
   if (planning()) return true;
-  dispatch_float(s.input.dtype, "dense_chain_step", [&](auto tag) {
-    using T = decltype(tag);
-    if constexpr (!std::is_same_v<T, float>) {
-      ChainArgs<T> a{};
-      a.rows = static_cast<int>(s.rows);
-      a.layers = static_cast<int>(s.layers.size());
-      a.x = static_cast<const T*>(s.input.ptr);
-      a.labels = s.labels;
-      for (int l = 0; l < a.layers; ++l) {
-        const DenseChainLayer& L = s.layers[static_cast<std::size_t>(l)];
-        ChainLayer<T>& d = a.l[l];
-        d.in = static_cast<int>(L.in);
-        d.out = static_cast<int>(L.out);
-        d.relu = L.act == Activation::ReLU ? 1 : 0;
-        d.w = static_cast<const T*>(L.weight.ptr);
-        d.b = static_cast<const T*>(L.bias.ptr);
-        d.gw = static_cast<T*>(L.grad_weight.ptr);
-        d.gb = L.bias ? L.grad_bias : nullptr;
-        d.y = static_cast<T*>(L.output.ptr);
-        d.dropped = L.dropout > 0.0f ? static_cast<T*>(L.dropped.ptr) : nullptr;
-        d.rate = L.dropout;
-        d.keep_scale = 1.0f / (1.0f - L.dropout);
-        d.salt = L.dropout_salt;
-        d.dz = static_cast<T*>(L.grad_pre.ptr);
-      }
-      auto* doubles = static_cast<double*>(scratch_);
-      a.row_loss = doubles;
-      a.norm_partial = doubles + kMaxRows;
-      a.opt = opt;
-      a.working = static_cast<T*>(s.optimizer.working.ptr);
-      a.control = s.control;
-      a.scaler = s.scaler;
-      a.history = s.history;
-      a.counter = step_counters_ + kCounterChain;
-      launch_chain(kernel, a, blocks, stream_);
-    }
-  });
+  auto* doubles = static_cast<double*>(scratch_);
+  unsigned int* counter = step_counters_ + kCounterChain;
+  if (s.input.dtype == DType::F16) {
+    launch_chain(kernel, chain_args<__half>(s, opt, doubles, counter), blocks, stream_);
+  } else {
+    launch_chain(kernel, chain_args<__nv_bfloat16>(s, opt, doubles, counter), blocks, stream_);
+  }
   return true;
 }
 

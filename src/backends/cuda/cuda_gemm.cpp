@@ -328,7 +328,7 @@ int CudaBackend::gemm_autotune(GemmPlan& plan, const GemmDesc& d,
   // L2 get picked. The flush reads twice the L2 size, leaving clean lines: a flush that wrote
   // (a memset) left dirty ones whose write-back ate DRAM bandwidth during the timed launch, which
   // favoured large tiles with few blocks (64-96 on 132 SMs) that then ran 30% slower in the step.
-  // Without the flush buffer the launches run back to back.
+  // Without a flush buffer (no L2 size reported) the timed launches follow each other unflushed.
   // Our A, in every product of a dense layer, is what the kernel before it has just written (the
   // layer input in the forward pass, dz in both backward products): when it fits in half the L2 it
   // is read back in after the flush, as it would sit in L2 in the step.

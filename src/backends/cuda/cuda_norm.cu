@@ -561,13 +561,13 @@ void split_rows(Tiling& t, std::int64_t rows, std::int64_t chunks) {
 }
 
 // A reduction: at most max_gx grid columns (completion counters), and chunks such that the grid
-// is about one wave of `resident` blocks per SM while each thread reduces kMinRun..kMaxRun rows,
-// with the partials (2 * channels doubles per chunk) within the scratch. Fewer chunks when the
-// scratch is short; with one chunk the blocks write the result directly.
+// is about one wave of `resident` blocks per SM (at least one) while each thread reduces
+// kMinRun..kMaxRun rows, with the partials (2 * channels doubles per chunk) within the scratch.
+// Fewer chunks when the scratch is short; with one chunk the blocks write the result directly.
 Tiling reduce_tiling(std::int64_t rows, std::int64_t channels, int vec, std::int64_t max_gx,
                      int sm_count, int resident, std::size_t scratch_bytes) {
   Tiling t = columns_of(channels, vec, max_gx);
-  std::int64_t chunks = ceil_div(std::int64_t{sm_count} * resident, t.gx);
+  std::int64_t chunks = ceil_div(std::int64_t{sm_count} * std::max(resident, 1), t.gx);
   chunks = std::min(chunks, ceil_div(rows, kMinRun * t.ty));
   chunks = std::max(chunks, ceil_div(rows, kMaxRun * t.ty));
   const auto fit = static_cast<std::int64_t>(
@@ -576,14 +576,16 @@ Tiling reduce_tiling(std::int64_t rows, std::int64_t channels, int vec, std::int
   return t;
 }
 
-// An element-wise pass over groups of unroll * ty rows: one wave of `resident` blocks per SM,
+// An element-wise pass over groups of unroll * ty rows: one wave of `resident` blocks per SM (at
+// least one),
 // or fewer when there are fewer groups.
 Tiling apply_tiling(std::int64_t rows, std::int64_t channels, int vec, int unroll, int sm_count,
                     int resident) {
   Tiling t = columns_of(channels, vec, kMaxGridY);
   const std::int64_t groups = ceil_div(rows, std::int64_t{unroll} * t.ty);
   t.chunks = std::clamp<std::int64_t>(
-      std::min(groups, ceil_div(std::int64_t{sm_count} * resident, t.gx)), 1, kMaxGridY);
+      std::min(groups, ceil_div(std::int64_t{sm_count} * std::max(resident, 1), t.gx)), 1,
+      kMaxGridY);
   return t;
 }
 
@@ -628,9 +630,8 @@ void CudaBackend::batch_norm_forward_training(CBuf x, CBuf gamma, CBuf beta, Buf
     const bool vector = use_packs<T>(channels, x.ptr, y.ptr);
     with_pack<T>(vector, [&](auto pack) {
       constexpr int V = decltype(pack)::value;
-      const int moments_resident = std::max(resident_blocks(bn_moments_kernel<T, V>, kThreads), 1);
-      const int apply_resident =
-          std::max(resident_blocks(bn_apply_kernel<T, V, false, false>, kThreads), 1);
+      const int moments_resident = resident_blocks(bn_moments_kernel<T, V>, kThreads);
+      const int apply_resident = resident_blocks(bn_apply_kernel<T, V, false, false>, kThreads);
       const Tiling r = reduce_tiling(rows, channels, V, kNormCounters, sm_count_, moments_resident,
                                      scratch_bytes_);
       bn_moments_kernel<T, V><<<r.grid(), r.block(), 0, stream_>>>(
@@ -663,10 +664,7 @@ void CudaBackend::batch_norm_forward_inference(CBuf x, CBuf gamma, CBuf beta, CB
     const bool vector = use_packs<T>(channels, x.ptr, y.ptr);
     with_pack<T>(vector, [&](auto pack) {
       constexpr int V = decltype(pack)::value;
-      const int resident =
-          std::max(resident_blocks(
-                       reinterpret_cast<const void*>(bn_apply_kernel<T, V, true, false>), kThreads),
-                   1);
+      const int resident = resident_blocks(bn_apply_kernel<T, V, true, false>, kThreads);
       const Tiling a = apply_tiling(rows, channels, V, kUnroll, sm_count_, resident);
       const auto kernel =
           relu ? bn_apply_kernel<T, V, true, true> : bn_apply_kernel<T, V, true, false>;
@@ -708,10 +706,8 @@ void CudaBackend::batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_me
     with_pack<T>(vector, [&](auto pack) {
       constexpr int V = decltype(pack)::value;
       // The masked kernels (one more tensor read) are sized like the plain ones.
-      const int sums_resident =
-          std::max(resident_blocks(bn_backward_sums_kernel<T, V, true>, kThreads), 1);
-      const int dx_resident =
-          std::max(resident_blocks(bn_backward_dx_kernel<T, V, true>, kThreads), 1);
+      const int sums_resident = resident_blocks(bn_backward_sums_kernel<T, V, true>, kThreads);
+      const int dx_resident = resident_blocks(bn_backward_dx_kernel<T, V, true>, kThreads);
       const Tiling r =
           reduce_tiling(rows, channels, V, kNormCounters, sm_count_, sums_resident, scratch_bytes_);
       const auto sums = relu_y != nullptr ? bn_backward_sums_kernel<T, V, true>

@@ -1,6 +1,7 @@
-// The optimizer pass's device code, shared by the per-op step (cuda_step.cu) and the fused
-// dense-chain step (cuda_dense_chain.cu): the pass's arguments, one range of elements updated by
-// the shared rules of train/optimizer_math.hpp, and the step's scalars from the control block.
+// The end of a step's device code, shared by the per-op step (cuda_step.cu) and the fused
+// dense-chain step (cuda_dense_chain.cu): the gradient check's per-block partials and their
+// total, the optimizer pass's arguments, one range of elements updated by the shared rules of
+// train/optimizer_math.hpp, and the step's scalars from the control block.
 #pragma once
 
 #include <algorithm>
@@ -15,6 +16,43 @@
 #include "train/optimizer_math.hpp"
 
 namespace mixtrain::cuda {
+
+// ---- gradient check --------------------------------------------------------------------------
+
+// Every thread of a block: stores the block's partials of the gradient check, the sum of the
+// threads' squares of unscaled gradients and whether any thread saw a non-finite one.
+// `shared` holds kThreads / kWarp doubles.
+__device__ __forceinline__ void store_check_partial(double sum, bool bad, double* partial,
+                                                    int* flags, int block, double* shared) {
+  const int any_bad = __syncthreads_or(bad ? 1 : 0);
+  const double total = block_sum(sum, shared);
+  if (threadIdx.x == 0) {
+    partial[block] = total;
+    flags[block] = any_bad;
+  }
+}
+
+// The check's result from the partials of `blocks` blocks, added in block order (the same bits
+// in whichever block adds them). found is valid in every thread, norm_sq (inf when found) in
+// thread 0. Every thread of the block calls it, after the partials are visible.
+struct CheckTotal {
+  int found;
+  float norm_sq;
+};
+__device__ __forceinline__ CheckTotal check_total(const double* partial, const int* flags,
+                                                  int blocks, double* shared) {
+  double acc = 0.0;
+  int bad = 0;
+  for (int i = static_cast<int>(threadIdx.x); i < blocks; i += kThreads) {
+    acc += __ldcg(partial + i);
+    bad |= __ldcg(flags + i);
+  }
+  const int found = __syncthreads_or(bad);
+  const double norm_sq = block_sum(acc, shared);
+  return {found, found != 0 ? INFINITY : static_cast<float>(norm_sq)};
+}
+
+// ---- optimizer -------------------------------------------------------------------------------
 
 struct NoWorking {};
 
@@ -202,6 +240,16 @@ __device__ __forceinline__ OptimizerStepScalars step_scalars(const OptimizerHype
   grad_factor *= c.inv_scale;  // the gradients are still scaled
   return optimizer_step_scalars(hyper, c.learning_rate, grad_factor, c.optimizer_steps,
                                 c.optimizer_scalar);
+}
+
+// Whether the pass can run on 4-element packs: master, both gradient ranges and every state slot
+// 16-byte aligned, and the low-precision range a whole number of packs (the caller adds the
+// working copy's alignment).
+inline bool packs_aligned(const OptimizerArgs& a) {
+  bool aligned = aligned_to(a.master, 16) && aligned_to(a.f32, 16) && aligned_to(a.lowp, 16) &&
+                 a.lowp_count % 4 == 0;
+  for (int k = 0; k < a.slots; ++k) aligned = aligned && aligned_to(a.state[k], 16);
+  return aligned;
 }
 
 // The pass's arguments from an OptimizerDesc, validated (Error names what is missing or wrong).

@@ -1,5 +1,6 @@
-// Row and column reductions: softmax forward/backward (one warp per row, fp32 math) and the bias
-// gradient (fp32 column sums in a fixed order: no atomics, the same bits every run).
+// Row and column reductions: softmax forward/backward (one warp per row, fp32 math), the bias
+// gradient, and an activation's backward fused with its bias gradient (fp32 column sums in a
+// fixed order, no atomics in the sums: the same bits every run).
 #include <algorithm>
 #include <cstdint>
 

@@ -5,7 +5,6 @@
 // (Kernels for the forward product, n <= 16, and the weight gradient, m <= 16, were tried and
 // dropped: a warp per row re-read B from L2 and took 66 us where cuBLASLt takes 11; a block per 64
 // columns of dW walking all rows took 26 us where cuBLASLt and its bias gradient take 14.)
-#include <algorithm>
 #include <cstdint>
 
 #include "backends/cuda/cuda_backend.hpp"

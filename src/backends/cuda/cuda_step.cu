@@ -8,7 +8,6 @@
 // CPU backend.
 #include <algorithm>
 #include <cstdint>
-#include <string>
 #include <type_traits>
 
 #include "backends/cuda/cuda_backend.hpp"
@@ -82,24 +81,12 @@ __global__ void __launch_bounds__(kThreads)
   bool bad = false;
   unscale_range<kVec ? static_cast<int>(16 / sizeof(G)) : 1>(lowp, lowp_count, inv, sum, bad);
   unscale_range<kVec ? 4 : 1>(f32, f32_count, inv, sum, bad);
-  const int any_bad = __syncthreads_or(bad ? 1 : 0);
-  const double total = block_sum(sum, shared);
-  if (threadIdx.x == 0) {
-    partial[blockIdx.x] = total;
-    flags[blockIdx.x] = any_bad;
-  }
+  store_check_partial(sum, bad, partial, flags, static_cast<int>(blockIdx.x), shared);
   if (!last_block_done(counter)) return;
-  double acc = 0.0;
-  int all_bad = 0;
-  for (int i = static_cast<int>(threadIdx.x); i < static_cast<int>(gridDim.x); i += kThreads) {
-    acc += __ldcg(partial + i);
-    all_bad |= __ldcg(flags + i);
-  }
-  const int found = __syncthreads_or(all_bad);
-  const double norm_sq = block_sum(acc, shared);
+  const CheckTotal total = check_total(partial, flags, static_cast<int>(gridDim.x), shared);
   if (threadIdx.x == 0) {
-    control->found_inf = found ? 1.0f : 0.0f;
-    control->grad_norm_sq = found ? INFINITY : static_cast<float>(norm_sq);
+    control->found_inf = total.found != 0 ? 1.0f : 0.0f;
+    control->grad_norm_sq = total.norm_sq;
   }
 }
 
@@ -162,9 +149,7 @@ void launch_optimizer_as(const OptimizerArgs& a, W* working, const FinishArgs& f
 template <typename W>
 void launch_optimizer(OptimizerArgs a, W* working, FinishArgs finish, PreparedStep* prepared,
                       cudaStream_t stream) {
-  bool vec = aligned_to(a.master, 16) && aligned_to(a.f32, 16) && aligned_to(a.lowp, 16) &&
-             a.lowp_count % 4 == 0;
-  for (int k = 0; k < a.slots; ++k) vec = vec && aligned_to(a.state[k], 16);
+  bool vec = packs_aligned(a);
   if constexpr (!std::is_same_v<W, NoWorking>) vec = vec && aligned_to(working, 4 * sizeof(W));
   // A thread per pack (see optimizer_range), up to 2^30 blocks; the loop covers the rest.
   const int per = vec ? 4 : 1;
@@ -234,11 +219,6 @@ void CudaBackend::check_gradients(const GradRanges& grad, std::int64_t count,
   const std::int64_t lowp_count =
       std::clamp<std::int64_t>(grad.lowp_count, 0, std::max<std::int64_t>(count, 0));
   const std::int64_t f32_count = std::max<std::int64_t>(count, 0) - lowp_count;
-  if (lowp_count > 0 && grad.lowp.dtype != DType::F32 && grad.lowp.dtype != DType::F16 &&
-      grad.lowp.dtype != DType::BF16) {
-    unsupported_dtype("check_gradients", grad.lowp.dtype);
-  }
-  if (planning()) return;
   double* partial = static_cast<double*>(scratch_);
   int* flags = reinterpret_cast<int*>(partial + kMaxPartials);
   const bool vec = aligned_to(grad.lowp.ptr, 16) && aligned_to(grad.f32, 16);
@@ -250,6 +230,7 @@ void CudaBackend::check_gradients(const GradRanges& grad, std::int64_t count,
   const DType lowp_type = lowp_count > 0 ? grad.lowp.dtype : DType::F32;
   dispatch_float(lowp_type, "check_gradients", [&](auto t) {
     using G = decltype(t);
+    if (planning()) return;
     const G* lowp = static_cast<const G*>(grad.lowp.ptr);
     if (vec) {
       unscale_kernel<true, G><<<blocks, kThreads, 0, stream_>>>(
@@ -258,8 +239,8 @@ void CudaBackend::check_gradients(const GradRanges& grad, std::int64_t count,
       unscale_kernel<false, G><<<blocks, kThreads, 0, stream_>>>(
           lowp, lowp_count, grad.f32, f32_count, control, partial, flags, counter);
     }
+    MIXTRAIN_CUDA_LAUNCH_CHECK("unscale_kernel");
   });
-  MIXTRAIN_CUDA_LAUNCH_CHECK("unscale_kernel");
 }
 
 void CudaBackend::launch_optimizer_pass(const OptimizerDesc& d, StepControl* finish_control,
