@@ -76,9 +76,7 @@ EvalResult Trainer::evaluate(const Dataset& data) {
     shape.insert(shape.end(), g.sample_shape.begin(), g.sample_shape.end());
     m.check_batch(batch.features, shape);
     m.upload_inputs(batch.features, n);
-    if (batch.labels == nullptr && batch.targets == nullptr) {
-      throw DataError("the dataset has neither labels nor targets");
-    }
+    // Dataset::validate() above leaves every batch with labels or targets, not both.
     if (m.uses_labels && batch.labels == nullptr) {
       throw DataError("the loss takes labels; the dataset has targets");
     }
