@@ -76,7 +76,9 @@ EvalResult Trainer::evaluate(const Dataset& data) {
     shape.insert(shape.end(), g.sample_shape.begin(), g.sample_shape.end());
     m.check_batch(batch.features, shape);
     m.upload_inputs(batch.features, n);
-    // Dataset::validate() above leaves every batch with labels or targets, not both.
+    if (batch.labels == nullptr && batch.targets == nullptr) {
+      throw DataError("the dataset has neither labels nor targets");
+    }
     if (m.uses_labels && batch.labels == nullptr) {
       throw DataError("the loss takes labels; the dataset has targets");
     }
