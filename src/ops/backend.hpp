@@ -137,7 +137,7 @@ struct DenseChainLayer {
 // optimizer_step_and_finish over optimizer's parameters, with those ops' arithmetic (products in
 // fp32, every stored value rounded to the compute dtype where the op-by-op step rounds it, the
 // shared update and scaler rules). Sums run in other orders (products, bias gradients, the loss
-// mean), and the check adds each square to its sum on its own instead of eight at a time, so
+// mean), and the check adds each square to its sum on its own instead of a pack at a time, so
 // results can differ from the op-by-op step's in the last bits. The check covers the gradients
 // the step stores: optimizer.grad must hold exactly the layers' gradients (plus zero padding),
 // which the trainer guarantees by passing only models that are the whole chain.

@@ -58,10 +58,27 @@ TrainRun train(const Model& m, const TrainerConfig& c, const Batches& b, int ste
   return r;
 }
 
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  double d = 0.0;
-  for (std::size_t i = 0; i < a.size(); ++i) d = std::max(d, std::fabs(double(a[i]) - b[i]));
-  return d;
+double mean_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double sum = 0.0;
+  for (std::size_t i = 0; i < a.size(); ++i) sum += std::fabs(double(a[i]) - b[i]);
+  return sum / static_cast<double>(a.size());
+}
+
+// Each step's loss and gradient norm within 2e-2 relative, its skip and loss scale identical.
+void expect_history_near(const std::vector<StepStats>& got, const std::vector<StepStats>& ref) {
+  ASSERT_EQ(got.size(), ref.size());
+  for (std::size_t s = 0; s < ref.size(); ++s) {
+    EXPECT_NEAR(got[s].loss, ref[s].loss, 2e-2 * ref[s].loss) << "step " << s;
+    EXPECT_NEAR(got[s].grad_norm, ref[s].grad_norm, 2e-2 * ref[s].grad_norm) << "step " << s;
+    EXPECT_EQ(got[s].skipped, ref[s].skipped) << "step " << s;
+    EXPECT_EQ(got[s].loss_scale, ref[s].loss_scale) << "step " << s;
+  }
+}
+
+// |a - b| <= bound for every weight (NaN fails).
+::testing::AssertionResult weights_within(const std::vector<float>& a, const std::vector<float>& b,
+                                          double bound) {
+  return all_close(a, b, [bound](std::size_t) { return bound; });
 }
 
 class DenseChain : public CudaVsCpu {};
@@ -86,26 +103,13 @@ TEST_F(DenseChain, FusedMatchesOpByOpAndCpu) {
     ASSERT_EQ(fused.history.size(), 20u);
     ASSERT_EQ(ops.history.size(), 20u);
     ASSERT_EQ(cpu.history.size(), 20u);
-    for (std::size_t s = 0; s < 20; ++s) {
-      for (const TrainRun* ref : {&ops, &cpu}) {
-        EXPECT_NEAR(fused.history[s].loss, ref->history[s].loss, 2e-2 * ref->history[s].loss)
-            << "step " << s;
-        EXPECT_NEAR(fused.history[s].grad_norm, ref->history[s].grad_norm,
-                    2e-2 * ref->history[s].grad_norm)
-            << "step " << s;
-        EXPECT_EQ(fused.history[s].skipped, ref->history[s].skipped) << "step " << s;
-        EXPECT_EQ(fused.history[s].loss_scale, ref->history[s].loss_scale) << "step " << s;
-      }
-    }
+    expect_history_near(fused.history, ops.history);
+    expect_history_near(fused.history, cpu.history);
     ASSERT_EQ(fused.weights.size(), ops.weights.size());
-    EXPECT_LE(max_abs_diff(fused.weights, ops.weights), 20 * 1e-3);
-    EXPECT_LE(max_abs_diff(fused.weights, cpu.weights), 20 * 1e-3);
+    EXPECT_TRUE(weights_within(ops.weights, fused.weights, 20 * 1e-3));
+    EXPECT_TRUE(weights_within(cpu.weights, fused.weights, 20 * 1e-3));
     // Most weights move alike: the mean difference is far below the bound.
-    double mean = 0.0;
-    for (std::size_t i = 0; i < fused.weights.size(); ++i) {
-      mean += std::fabs(double(fused.weights[i]) - ops.weights[i]);
-    }
-    EXPECT_LE(mean / static_cast<double>(fused.weights.size()), 1e-3);
+    EXPECT_LE(mean_abs_diff(fused.weights, ops.weights), 1e-3);
   }
 }
 
@@ -125,7 +129,7 @@ TEST_F(DenseChain, SgdWithoutBiasAndClippingMatchesOpByOp) {
   // A weight moves by lr * |clipped gradient| <= 0.05 * 0.5 a step; a one-ulp difference of a
   // gradient (2^-11 relative) over 20 steps: 20 * 0.025 * 2^-11 ~ 2.4e-4, times a few for the
   // differences carried through the layers.
-  EXPECT_LE(max_abs_diff(fused.weights, ops.weights), 2e-3);
+  EXPECT_TRUE(weights_within(ops.weights, fused.weights, 2e-3));
   for (std::size_t s = 0; s < 20; ++s) {
     EXPECT_NEAR(fused.history[s].grad_norm, ops.history[s].grad_norm,
                 1e-2 * ops.history[s].grad_norm)
@@ -187,21 +191,9 @@ void expect_fused_like(const Model& m, const Batches& b, std::int64_t fused_step
   EXPECT_EQ(ops.fused, 0);
   ASSERT_EQ(fused.history.size(), 12u);
   ASSERT_EQ(ops.history.size(), 12u);
-  for (std::size_t s = 0; s < 12; ++s) {
-    EXPECT_NEAR(fused.history[s].loss, ops.history[s].loss, 2e-2 * ops.history[s].loss)
-        << "step " << s;
-    EXPECT_NEAR(fused.history[s].grad_norm, ops.history[s].grad_norm,
-                2e-2 * ops.history[s].grad_norm)
-        << "step " << s;
-    EXPECT_EQ(fused.history[s].skipped, ops.history[s].skipped) << "step " << s;
-    EXPECT_EQ(fused.history[s].loss_scale, ops.history[s].loss_scale) << "step " << s;
-  }
+  expect_history_near(fused.history, ops.history);
   ASSERT_EQ(fused.weights.size(), ops.weights.size());
-  double mean = 0.0;
-  for (std::size_t i = 0; i < fused.weights.size(); ++i) {
-    mean += std::fabs(double(fused.weights[i]) - ops.weights[i]);
-  }
-  EXPECT_LE(mean / static_cast<double>(fused.weights.size()), 1e-3);
+  EXPECT_LE(mean_abs_diff(fused.weights, ops.weights), 1e-3);
 }
 
 // Shapes the model above does not reach: 16 and 128 rows, a layer input over 128 (two
@@ -258,6 +250,31 @@ TEST_F(DenseChain, FusedAndOpByOpStepsInterleave) {
   b.x.push_back(odd.x[1]);
   b.y.push_back(odd.y[1]);
   expect_fused_like(chain_model(), b, 6);
+}
+
+// Stored device batches (the first 16 read in place by a step captured for each, later ones
+// copied into the plan's buffers) take the fused step and give the bits of host batches.
+TEST_F(DenseChain, StoredDeviceBatchesFuseLikeHostBatches) {
+  const Batches b = make_batches(rng_, 4);
+  const TrainerConfig c = config(Device::CUDA, Precision::FP16);
+  Trainer host(chain_model(), c), device(chain_model(), c);
+  std::vector<DeviceBatch> stored;
+  for (int i = 0; i < 20; ++i) {
+    const std::size_t k = static_cast<std::size_t>(i % 4);
+    stored.push_back(
+        device.upload_batch(b.x[k].data(), {kBatch, kFeatures}, b.y[k].data(), {kBatch}));
+  }
+  for (int s = 0; s < 12; ++s) {
+    const std::size_t k = static_cast<std::size_t>(s % 4);
+    host.train_batch(b.x[k].data(), {kBatch, kFeatures}, b.y[k].data(), {kBatch});
+    device.train_batch(stored[k + (s >= 6 ? 16 : 0)]);
+  }
+  EXPECT_EQ(host.stats().fused_steps, 12);
+  EXPECT_EQ(device.stats().fused_steps, 12);
+  const std::vector<StepStats> hh = host.history(), dh = device.history();
+  ASSERT_EQ(hh.size(), dh.size());
+  for (std::size_t s = 0; s < hh.size(); ++s) EXPECT_EQ(hh[s].loss, dh[s].loss) << "step " << s;
+  EXPECT_EQ(host.weights(), device.weights());
 }
 
 // What the fused step does not cover runs op by op: a batch that is not a multiple of 16 rows,

@@ -69,7 +69,7 @@ struct Row {
   Timing end_to_end;
   std::size_t peak_memory = 0;
   std::int64_t skipped = 0;
-  std::int64_t steps = 0;        // training steps of the measurement
+  std::int64_t steps = 0;        // training steps the trainer ran (warm-up and e2e included)
   std::int64_t fused_steps = 0;  // ... run as one fused kernel (TrainerStats::fused_steps)
   float loss_scale = 1;
   std::optional<double> speedup;

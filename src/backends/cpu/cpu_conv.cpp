@@ -189,10 +189,10 @@ std::pair<const A*, std::int64_t> group_columns(const ConvDesc& d, const Geometr
   return {buf, ge.kc};
 }
 
-// What a chunk of `rows` output pixels (images from n0) reads its columns from: the slot-0
-// scratch (a group's column matrix, or the widened input of a 1x1 convolution; none when that
-// input already is A), from scratch(slot, bytes), and for a 1x1 convolution the chunk's input as
-// A. group_columns takes both.
+// What a chunk of `rows` output pixels (images from n0) reads its columns from: a slot-0 buffer
+// of scratch(slot, bytes) (a group's column matrix, or the widened input of a 1x1 convolution;
+// none when that input already is A) and, for a 1x1 convolution, the chunk's input as A.
+// group_columns takes both.
 template <typename T, typename A, typename Scratch>
 std::pair<void*, const A*> chunk_columns(const ConvDesc& d, const Geometry& ge, const T* x,
                                          std::int64_t n0, std::int64_t rows, Scratch&& scratch) {

@@ -6,6 +6,7 @@
 #include "core/half.hpp"
 #include "mixtrain/dtype.hpp"
 #include "mixtrain/error.hpp"
+#include "ops/dtype_checks.hpp"  // require_same
 
 namespace mixtrain::cpu {
 
@@ -45,12 +46,4 @@ const T* as(const void* p) {
 namespace mixtrain::cpu {
 // Below this many elements a loop runs on one thread: waking the pool costs more than it saves.
 inline constexpr std::int64_t kParallelMin = 8192;
-
-// Throws Error("internal: ...") when an op's tensors disagree in dtype.
-inline void require_same(DType a, DType b, const char* op) {
-  if (a != b) {
-    throw Error(std::string("internal: ") + op + " needs matching dtypes, got " +
-                std::string(dtype_name(a)) + " and " + std::string(dtype_name(b)));
-  }
-}
 }  // namespace mixtrain::cpu

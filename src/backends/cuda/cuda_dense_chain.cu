@@ -516,7 +516,6 @@ const void* chain_kernel(Optimizer kind) {
 
 template <typename T>
 void launch_chain(const void* kernel, ChainArgs<T> a, int blocks, cudaStream_t stream) {
-  a.bad_partial = reinterpret_cast<int*>(a.norm_partial + blocks);
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>(blocks));
   config.blockDim = dim3(kThreads);
@@ -530,11 +529,11 @@ void launch_chain(const void* kernel, ChainArgs<T> a, int blocks, cudaStream_t s
   MIXTRAIN_CUDA_CHECK(cudaLaunchKernelExC(&config, kernel, args));
 }
 
-// The kernel's arguments: the step's buffers as T, the row losses and the check's partials in
-// `doubles` (the backend's scratch), the finish's completion counter.
+// The kernel's arguments: the step's buffers as T, the row losses and the check's partials of
+// `blocks` blocks in `doubles` (the backend's scratch), the finish's completion counter.
 template <typename T>
 ChainArgs<T> chain_args(const DenseChainStep& s, const OptimizerArgs& opt, double* doubles,
-                        unsigned int* counter) {
+                        int blocks, unsigned int* counter) {
   ChainArgs<T> a{};
   a.rows = static_cast<int>(s.rows);
   a.layers = static_cast<int>(s.layers.size());
@@ -558,7 +557,8 @@ ChainArgs<T> chain_args(const DenseChainStep& s, const OptimizerArgs& opt, doubl
     d.dz = static_cast<T*>(L.grad_pre.ptr);
   }
   a.row_loss = doubles;
-  a.norm_partial = doubles + kMaxRows;  // launch_chain places bad_partial after it
+  a.norm_partial = doubles + kMaxRows;
+  a.bad_partial = reinterpret_cast<int*>(a.norm_partial + blocks);
   a.opt = opt;
   a.working = static_cast<T*>(s.optimizer.working.ptr);
   a.control = s.control;
@@ -604,7 +604,6 @@ const char* chain_unsupported(const DenseChainStep& s) {
   }
   const OptimizerDesc& o = s.optimizer;
   if (!o.working || o.working.dtype != t) return "working copy";
-  if (o.grad.lowp_count > 0 && o.grad.lowp.dtype != t) return "gradient dtype";
   if (!aligned_to(o.working.ptr, 16)) return "working copy alignment";  // the rest: packs_aligned
   return nullptr;
 }
@@ -619,23 +618,22 @@ bool CudaBackend::dense_chain_step(const DenseChainStep& s) {
   const auto max_blocks = static_cast<std::size_t>(kBlocksPerSm * sm_count_);
   const std::size_t partial_bytes = sizeof(double) * (kMaxRows + 2 * max_blocks);
   if (partial_bytes > scratch_bytes_) return false;
-  const void* kernel = s.input.dtype == DType::F16
-                           ? chain_kernel<__half>(s.optimizer.hyper.kind)
-                           : chain_kernel<__nv_bfloat16>(s.optimizer.hyper.kind);
-  const int blocks = sm_count_ * std::min(resident_blocks(kernel, kThreads), kBlocksPerSm);
-  if (blocks < 1) return false;  // the kernel does not fit on an SM (not on an H200)
-  // Validates the optimizer's arguments like the op-by-op pass.
+  // Validates the optimizer's arguments like the op-by-op pass (the gradients' dtype included).
   const OptimizerArgs opt = optimizer_args(s.optimizer);
   if (!packs_aligned(opt)) return false;
-  if (planning()) return true;
-  auto* doubles = static_cast<double*>(scratch_);
-  unsigned int* counter = step_counters_ + kCounterChain;
-  if (s.input.dtype == DType::F16) {
-    launch_chain(kernel, chain_args<__half>(s, opt, doubles, counter), blocks, stream_);
-  } else {
-    launch_chain(kernel, chain_args<__nv_bfloat16>(s, opt, doubles, counter), blocks, stream_);
-  }
-  return true;
+  const auto run = [&](auto t) {
+    using T = decltype(t);
+    const void* kernel = chain_kernel<T>(s.optimizer.hyper.kind);
+    const int blocks = sm_count_ * std::min(resident_blocks(kernel, kThreads), kBlocksPerSm);
+    if (blocks < 1) return false;  // the kernel does not fit on an SM (not on an H200)
+    if (planning()) return true;
+    launch_chain(kernel,
+                 chain_args<T>(s, opt, static_cast<double*>(scratch_), blocks,
+                               step_counters_ + kCounterChain),
+                 blocks, stream_);
+    return true;
+  };
+  return s.input.dtype == DType::F16 ? run(__half{}) : run(__nv_bfloat16{});
 }
 
 }  // namespace mixtrain::cuda

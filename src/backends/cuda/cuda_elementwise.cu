@@ -280,8 +280,9 @@ void CudaBackend::dropout_backward(float rate, std::uint64_t salt, CBuf dy, Buf 
 
 namespace {
 
-// Loads every 16 bytes of p and keeps nothing; the sink store (for a value that real data will
-// not produce) only keeps the loads from being removed.
+// Loads every 16 bytes of p and keeps nothing; the sink store (under a condition on the loaded
+// bytes, into the backend's idle scratch, harmless when it happens) only keeps the loads from
+// being removed.
 __global__ void read_through_kernel(const uint4* __restrict__ p, std::int64_t n,
                                     unsigned int* __restrict__ sink) {
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;

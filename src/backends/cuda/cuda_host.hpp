@@ -8,6 +8,7 @@
 
 #include "mixtrain/dtype.hpp"
 #include "mixtrain/error.hpp"
+#include "ops/dtype_checks.hpp"  // require_same
 
 namespace mixtrain::cuda {
 
@@ -18,13 +19,6 @@ inline bool aligned_to(const void* p, std::size_t bytes) {
 [[noreturn]] inline void unsupported_dtype(const char* op, DType t) {
   throw Error(std::string("internal: ") + op + " on the cuda backend takes f32, f16 or bf16, not " +
               std::string(dtype_name(t)));
-}
-
-inline void require_same(DType a, DType b, const char* op) {
-  if (a != b) {
-    throw Error(std::string("internal: ") + op + " needs matching dtypes, got " +
-                std::string(dtype_name(a)) + " and " + std::string(dtype_name(b)));
-  }
 }
 
 }  // namespace mixtrain::cuda

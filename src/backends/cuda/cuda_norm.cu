@@ -577,8 +577,7 @@ Tiling reduce_tiling(std::int64_t rows, std::int64_t channels, int vec, std::int
 }
 
 // An element-wise pass over groups of unroll * ty rows: one wave of `resident` blocks per SM (at
-// least one),
-// or fewer when there are fewer groups.
+// least one), or fewer when there are fewer groups.
 Tiling apply_tiling(std::int64_t rows, std::int64_t channels, int vec, int unroll, int sm_count,
                     int resident) {
   Tiling t = columns_of(channels, vec, kMaxGridY);

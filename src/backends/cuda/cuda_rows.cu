@@ -265,9 +265,10 @@ void CudaBackend::bias_grad(CBuf dy, Buf db, std::int64_t rows, std::int64_t col
     const std::int64_t max_chunks = std::min<std::int64_t>(
         65535, static_cast<std::int64_t>(scratch_bytes_ / sizeof(float)) / cols);
     std::int64_t chunks = std::min((rows + kChunkRows - 1) / kChunkRows, max_chunks);
-    // A small gradient (a classifier head's: 512 x 10) is summed by one chunk, without the
-    // combine launch: a few microseconds saved on a step that is made of them.
-    if (chunks < 1 || rows * cols <= 65536) chunks = 1;
+    // A gradient of a few chunks' rows (a classifier head's: 512 x 10) is summed by one chunk,
+    // without the combine launch: a few microseconds saved on a step that is made of them. The
+    // limit is on rows, so a tall, narrow gradient still spreads over chunks.
+    if (chunks < 1 || rows <= 2 * kChunkRows) chunks = 1;
     const std::int64_t per_chunk = (rows + chunks - 1) / chunks;
     const dim3 grid(static_cast<unsigned>((cols + kColTile - 1) / kColTile),
                     static_cast<unsigned>(chunks));

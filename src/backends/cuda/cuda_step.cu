@@ -1,11 +1,11 @@
 // The end of a step on the device: the read-only gradient check (finite check and squared norm
 // of the unscaled values; one launch whose last block combines the partials in a fixed order),
-// the optimizer pass (reads found_inf and the norm from the control block, unscales as it reads,
-// updates master weights and state and writes the working copy in one pass), and the scaler
-// update (in the optimizer's last block, in prepare_step_kernel for large grids, or one thread
-// alone). The update rules are the shared
-// ones of train/optimizer_math.hpp and train/scaler_math.hpp, so the arithmetic is that of the
-// CPU backend.
+// the optimizer pass (reads found_inf and the norm from the control block, or for large grids
+// the PreparedStep prepare_step_kernel made of them; unscales as it reads, updates master
+// weights and state and writes the working copy in one pass), and the scaler update (in the
+// optimizer's last block, in prepare_step_kernel for large grids, or one thread alone). The
+// update rules are the shared ones of train/optimizer_math.hpp and train/scaler_math.hpp, so the
+// arithmetic is that of the CPU backend.
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -248,16 +248,16 @@ void CudaBackend::launch_optimizer_pass(const OptimizerDesc& d, StepControl* fin
   static_assert(sizeof(PreparedStep) <= kPreparedStepBytes);
   const OptimizerArgs a = optimizer_args(d);
   if (planning()) return;
+  if (d.count <= 0) {  // nothing to update; the finish (if any) runs alone
+    if (finish_control != nullptr) finish_step(finish_control, *params, d.hyper, history);
+    return;
+  }
   FinishArgs finish;
   if (finish_control != nullptr) {
     finish.control = finish_control;
     finish.params = *params;
     finish.history = history;
     finish.counter = step_counters_ + kCounterFinish;
-  }
-  if (d.count <= 0) {  // nothing to update; the finish (if any) runs alone
-    if (finish_control != nullptr) finish_step(finish_control, *params, d.hyper, history);
-    return;
   }
   auto* prepared = static_cast<PreparedStep*>(prepared_step_);
   if (!d.working) {
