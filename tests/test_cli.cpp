@@ -198,6 +198,7 @@ TEST_F(Cli, BadInputExitsWithCode2AndAnErrorLine) {
       {"eval --model mlp", "--weights"},
       {"bench --workloads no_such_workload", "small_mlp"},
       {"bench --device cpu --workloads gpt_small", "attention"},
+      {"bench --device cpu --optimizer lion", "lion"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.args);
@@ -249,6 +250,7 @@ TEST_F(Cli, BenchWritesEveryFigureToJson) {
   EXPECT_NE(r.out.find("gemm-only"), std::string::npos) << r.out;
   const auto j = nlohmann::json::parse(slurp(path("bench.json")));
   EXPECT_EQ(j.at("device"), "cpu");
+  EXPECT_EQ(j.at("optimizer"), "adam");
   ASSERT_EQ(j.at("results").size(), 2u);
   for (const auto& row : j.at("results")) {
     EXPECT_EQ(row.at("workload"), "small_mlp");
@@ -264,6 +266,20 @@ TEST_F(Cli, BenchWritesEveryFigureToJson) {
   EXPECT_EQ(j["results"][1].at("final_loss_scale"), 65536.0);
   ASSERT_EQ(j.at("gemm_only").size(), 1u);
   EXPECT_GT(j["gemm_only"][0].at("fp32_step_over_gemm").get<double>(), 0.0);
+}
+
+TEST_F(Cli, BenchTakesAnotherOptimizer) {
+  const CliRun r =
+      run("bench --device cpu --workloads small_mlp --precisions fp16 --steps 2 "
+          "--windows 1 --warmup 0 --optimizer rmsprop --json '" +
+          path("bench.json") + "'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("optimizer rmsprop"), std::string::npos) << r.out;
+  const auto j = nlohmann::json::parse(slurp(path("bench.json")));
+  EXPECT_EQ(j.at("optimizer"), "rmsprop");
+  ASSERT_EQ(j.at("results").size(), 1u);
+  EXPECT_EQ(j["results"][0].at("optimizer"), "rmsprop");  // what the trainer ran
+  EXPECT_GT(j["results"][0].at("steady").at("step_ms").get<double>(), 0.0);
 }
 
 // The description of `flag` in CLI11's help: the option column is 30 characters wide, and the

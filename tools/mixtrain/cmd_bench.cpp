@@ -57,6 +57,7 @@ struct BenchOptions {
   int steps = 50;
   int warmup = 10;
   int windows = 5;
+  std::string optimizer = "adam";
   std::string json;
   bool gemm_only = false;
 };
@@ -64,6 +65,7 @@ struct BenchOptions {
 struct Row {
   std::string workload;
   std::string precision;
+  std::string optimizer;  // the trainer's, as it ran
   std::int64_t batch = 0;
   Timing steady;
   Timing end_to_end;
@@ -121,7 +123,7 @@ int steps_per_window(const BenchOptions& o) {
 Row bench_one(const Model& model, const Inputs& in, const std::string& workload,
               Precision precision, Device device, const BenchOptions& o) {
   TrainerConfig config;
-  config.optimizer = Optimizer::Adam;
+  config.optimizer = parse_optimizer(o.optimizer);
   config.learning_rate = 1e-3f;
   config.precision = precision;
   config.device = device;
@@ -153,6 +155,7 @@ Row bench_one(const Model& model, const Inputs& in, const std::string& workload,
   Row r;
   r.workload = workload;
   r.precision = std::string(precision_name(precision));
+  r.optimizer = std::string(optimizer_name(trainer.config().optimizer));
   r.batch = in.input_shape[0];
   const int steps = steps_per_window(o);
   r.steady = time_windows(
@@ -215,8 +218,12 @@ int run_bench(const BenchOptions& o) {
     throw ConfigError("--gemm-only times OpenBLAS: use it with --device cpu");
   const bool gemm_rows = cpu && gemm_baseline_available();
   const int steps = steps_per_window(o);
-  std::printf("device: %s; %d warm-up steps, then %d windows of %d steps (median reported)\n",
-              std::string(device_name(device)).c_str(), o.warmup, o.windows, steps);
+  std::printf(
+      "device: %s; optimizer %s; %d warm-up steps, then %d windows of %d steps (median "
+      "reported)\n",
+      std::string(device_name(device)).c_str(),
+      std::string(optimizer_name(parse_optimizer(o.optimizer))).c_str(), o.warmup, o.windows,
+      steps);
   std::printf(
       "steady: %d train_batch calls on %d device-resident batches (rotating), then one sync; "
       "end-to-end: batches from host memory, loss read every step\n",
@@ -299,6 +306,7 @@ int run_bench(const BenchOptions& o) {
     nlohmann::ordered_json j;
     j["date"] = utc_now();
     j["device"] = device_name(device);
+    j["optimizer"] = optimizer_name(parse_optimizer(o.optimizer));
     j["warmup_steps"] = o.warmup;
     j["windows"] = o.windows;
     j["steps_per_window"] = steps;
@@ -306,6 +314,7 @@ int run_bench(const BenchOptions& o) {
     for (const Row& r : rows) {
       j["results"].push_back({{"workload", r.workload},
                               {"precision", r.precision},
+                              {"optimizer", r.optimizer},
                               {"batch", r.batch},
                               {"steady", timing_json(r.steady)},
                               {"end_to_end", timing_json(r.end_to_end)},
@@ -337,7 +346,8 @@ Command add_bench_command(CLI::App& parent) {
   auto o = std::make_shared<BenchOptions>();
   CLI::App* app = parent.add_subcommand(
       "bench",
-      "Benchmark BENCHMARKS.md's workloads (preset model at the listed batch size, Adam lr 1e-3, "
+      "Benchmark BENCHMARKS.md's workloads (preset model at the listed batch size, Adam (or "
+      "--optimizer) lr 1e-3, "
       "random inputs rotating among 4 batches, FP16 initial loss scale 65536) in each precision: "
       "steady-state step time (batches kept on the device, steps without a sync, one sync per "
       "window), end-to-end step time (batches from host memory, loss read every step), "
@@ -365,6 +375,11 @@ Command add_bench_command(CLI::App& parent) {
   app->add_option("--windows", o->windows, "timed windows; the median window is reported")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app->add_option("--optimizer", o->optimizer,
+                  "optimizer at its default hyper-parameters (BENCHMARKS.md's workloads use adam)")
+      ->capture_default_str()
+      ->check(parsed_by([](const std::string& s) { parse_optimizer(s); },
+                        "sgd|adam|adamw|rmsprop|adagrad|adadelta|nadam"));
   app->add_option("--json", o->json, "also write every figure to this JSON file");
   app->add_flag("--gemm-only", o->gemm_only,
                 "CPU: time only the OpenBLAS GEMM baseline rows, no training");
