@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(kThreads, kOptimizerBlocksPerSm)
 template <typename W>
 using GradOf = std::conditional_t<std::is_same_v<W, NoWorking>, float, W>;
 
-// kVec 4 (aligned arrays) with the kernel specialised for kKind, or element by element.
+// The large grid's pass kernel when a.prepared is set (finish already run), else the small grid's.
 template <int kKind, int kVec, typename W>
 void launch_optimizer_kernel(const OptimizerArgs& a, W* working, const FinishArgs& finish,
                              unsigned blocks, cudaStream_t stream) {
