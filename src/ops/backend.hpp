@@ -10,6 +10,7 @@
 // - Calls are asynchronous on the CUDA backend; only download() and synchronize() wait.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -100,6 +101,10 @@ struct GradRanges {
   GradRanges(const float* all) : f32(all) {}  // NOLINT(google-explicit-constructor)
   GradRanges(CBuf low, std::int64_t low_count, const float* rest)
       : lowp(low), lowp_count(low_count), f32(rest) {}
+  // The low-precision count of `count` gradients: lowp_count within [0, count] (0 for count < 0).
+  std::int64_t lowp_within(std::int64_t count) const {
+    return std::clamp<std::int64_t>(lowp_count, 0, std::max<std::int64_t>(count, 0));
+  }
 };
 
 // Everything the optimizer pass touches; parameters are one contiguous range.

@@ -4,7 +4,6 @@
 // train/optimizer_math.hpp, and the step's scalars from the control block.
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -259,7 +258,7 @@ inline OptimizerArgs optimizer_args(const OptimizerDesc& d) {
   a.slots = optimizer_state_slots(d.hyper);
   a.count = d.count;
   a.master = d.master;
-  a.lowp_count = std::clamp<std::int64_t>(d.grad.lowp_count, 0, std::max<std::int64_t>(d.count, 0));
+  a.lowp_count = d.grad.lowp_within(d.count);
   a.lowp = d.grad.lowp.ptr;
   a.f32 = d.grad.f32;
   a.max_grad_norm = d.max_grad_norm;

@@ -244,8 +244,7 @@ __global__ void finish_step_kernel(StepControl* control, ScalerParams params, Op
 
 void CudaBackend::check_gradients(const GradRanges& grad, std::int64_t count,
                                   StepControl* control) {
-  const std::int64_t lowp_count =
-      std::clamp<std::int64_t>(grad.lowp_count, 0, std::max<std::int64_t>(count, 0));
+  const std::int64_t lowp_count = grad.lowp_within(count);
   const std::int64_t f32_count = std::max<std::int64_t>(count, 0) - lowp_count;
   double* partial = static_cast<double*>(scratch_);
   int* flags = reinterpret_cast<int*>(partial + kMaxPartials);
