@@ -1,8 +1,6 @@
 #include "graph/fuse.hpp"
 
-#include <cstdlib>
-#include <cstring>
-
+#include "core/env_switch.hpp"
 #include "layers/batch_norm.hpp"
 #include "layers/dense.hpp"
 #include "layers/simple_layers.hpp"
@@ -10,8 +8,7 @@
 namespace mixtrain::graph {
 
 bool fusion_enabled() {
-  const char* v = std::getenv("MIXTRAIN_FUSION");
-  return !(v != nullptr && std::strcmp(v, "0") == 0);
+  return env_switch_on("MIXTRAIN_FUSION");
 }
 
 int fuse(Graph& g) {

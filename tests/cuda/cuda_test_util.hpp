@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "core/env_switch.hpp"
 #include "core/half.hpp"
 #include "mixtrain/dtype.hpp"
 #include "mixtrain/error.hpp"
@@ -318,8 +319,7 @@ class ScopedEnv {
 
 // Whether backends created now capture graphs (MIXTRAIN_CUDA_GRAPHS=0 turns capture off).
 inline bool graphs_enabled() {
-  const char* e = std::getenv("MIXTRAIN_CUDA_GRAPHS");
-  return !(e != nullptr && std::strcmp(e, "0") == 0);
+  return env_switch_on("MIXTRAIN_CUDA_GRAPHS");
 }
 
 inline std::vector<DType> float_dtypes() {

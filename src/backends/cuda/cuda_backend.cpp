@@ -2,12 +2,11 @@
 #include "backends/cuda/cuda_backend.hpp"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 
 #include "backends/cuda/cuda_check.hpp"
 #include "backends/cuda/cudnn_check.hpp"
+#include "core/env_switch.hpp"
 #include "mixtrain/error.hpp"
 
 namespace mixtrain {
@@ -29,12 +28,6 @@ const char* short_path(const char* file) {
 
 std::string where(const char* call, const char* file, int line) {
   return std::string(call) + " at " + short_path(file) + ":" + std::to_string(line);
-}
-
-// An A/B switch read when a backend is created: on unless the variable is "0".
-bool env_on(const char* name) {
-  const char* v = std::getenv(name);
-  return !(v != nullptr && std::strcmp(v, "0") == 0);
 }
 
 }  // namespace
@@ -83,11 +76,11 @@ CudaBackend::CudaBackend() {
     release();
     throw;
   }
-  graphs_enabled_ = env_on("MIXTRAIN_CUDA_GRAPHS");
-  fused_epilogues_ = env_on("MIXTRAIN_CUDA_FUSED_EPILOGUES");
-  gemm_autotune_ = env_on("MIXTRAIN_GEMM_AUTOTUNE");
-  skinny_gemms_ = env_on("MIXTRAIN_CUDA_SKINNY_GEMM");
-  fused_chains_ = env_on("MIXTRAIN_CUDA_FUSED_CHAIN");
+  graphs_enabled_ = env_switch_on("MIXTRAIN_CUDA_GRAPHS");
+  fused_epilogues_ = env_switch_on("MIXTRAIN_CUDA_FUSED_EPILOGUES");
+  gemm_autotune_ = env_switch_on("MIXTRAIN_GEMM_AUTOTUNE");
+  skinny_gemms_ = env_switch_on("MIXTRAIN_CUDA_SKINNY_GEMM");
+  fused_chains_ = env_switch_on("MIXTRAIN_CUDA_FUSED_CHAIN");
 }
 
 int CudaBackend::resident_blocks_of(const void* kernel, int threads) {
