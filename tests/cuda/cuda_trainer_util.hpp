@@ -44,4 +44,23 @@ inline TrainerConfig trainer_config(Device device, Precision precision, std::uin
   return c;
 }
 
+// Trains `host` from host memory and `device` from stored batches (upload_batch) on the same
+// batches of rows x features, `steps` steps cycling through them: 20 batches are stored, so the
+// first 16 are read in place by a step captured for each and the later ones copied into the
+// plan's buffers; steps from the 7th on use those copies. The caller compares the two trainers.
+inline void train_host_and_stored(Trainer& host, Trainer& device, const Batches& b,
+                                  std::int64_t rows, std::int64_t features, int steps) {
+  const std::size_t count = b.x.size();
+  std::vector<DeviceBatch> stored;
+  for (std::size_t i = 0; i < 20; ++i) {
+    const std::size_t k = i % count;
+    stored.push_back(device.upload_batch(b.x[k].data(), {rows, features}, b.y[k].data(), {rows}));
+  }
+  for (int s = 0; s < steps; ++s) {
+    const std::size_t k = static_cast<std::size_t>(s) % count;
+    host.train_batch(b.x[k].data(), {rows, features}, b.y[k].data(), {rows});
+    device.train_batch(stored[k + (s >= 6 ? 16 : 0)]);
+  }
+}
+
 }  // namespace mixtrain::cuda_test

@@ -258,17 +258,7 @@ TEST_F(DenseChain, StoredDeviceBatchesFuseLikeHostBatches) {
   const Batches b = make_batches(rng_, 4);
   const TrainerConfig c = config(Device::CUDA, Precision::FP16);
   Trainer host(chain_model(), c), device(chain_model(), c);
-  std::vector<DeviceBatch> stored;
-  for (int i = 0; i < 20; ++i) {
-    const std::size_t k = static_cast<std::size_t>(i % 4);
-    stored.push_back(
-        device.upload_batch(b.x[k].data(), {kBatch, kFeatures}, b.y[k].data(), {kBatch}));
-  }
-  for (int s = 0; s < 12; ++s) {
-    const std::size_t k = static_cast<std::size_t>(s % 4);
-    host.train_batch(b.x[k].data(), {kBatch, kFeatures}, b.y[k].data(), {kBatch});
-    device.train_batch(stored[k + (s >= 6 ? 16 : 0)]);
-  }
+  train_host_and_stored(host, device, b, kBatch, kFeatures, 12);
   EXPECT_EQ(host.stats().fused_steps, 12);
   EXPECT_EQ(device.stats().fused_steps, 12);
   const std::vector<StepStats> hh = host.history(), dh = device.history();

@@ -207,17 +207,7 @@ TEST_F(EndToEnd, DeviceBatchesTrainLikeHostBatches) {
     SCOPED_TRACE(std::string(precision_name(p)));
     const TrainerConfig c = config(Device::CUDA, p);
     Trainer host(m, c), device(m, c);
-    std::vector<DeviceBatch> stored;
-    for (int i = 0; i < 20; ++i) {
-      const std::size_t k = static_cast<std::size_t>(i % 4);
-      stored.push_back(
-          device.upload_batch(b.x[k].data(), {kBatch, kFeatures}, b.y[k].data(), {kBatch}));
-    }
-    for (int s = 0; s < 12; ++s) {
-      const std::size_t k = static_cast<std::size_t>(s % 4);
-      host.train_batch(b.x[k].data(), {kBatch, kFeatures}, b.y[k].data(), {kBatch});
-      device.train_batch(stored[k + (s >= 6 ? 16 : 0)]);
-    }
+    train_host_and_stored(host, device, b, kBatch, kFeatures, 12);
     const std::vector<StepStats> hh = host.history(), dh = device.history();
     ASSERT_EQ(hh.size(), dh.size());
     for (std::size_t s = 0; s < hh.size(); ++s) EXPECT_EQ(hh[s].loss, dh[s].loss) << "step " << s;
