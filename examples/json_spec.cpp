@@ -8,6 +8,7 @@
 #include <vector>
 
 #include <mixtrain/mixtrain.hpp>
+#include <nlohmann/json.hpp>  // to_json()'s value: mixtrain.hpp declares it only
 
 int main() {
   namespace fs = std::filesystem;

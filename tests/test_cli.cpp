@@ -186,7 +186,8 @@ TEST_F(Cli, BadInputExitsWithCode2AndAnErrorLine) {
       {csv_train("--precision fp8"), "fp8"},
       {csv_train("--optimizer lion"), "lion"},
       {csv_train("--loss-scale sometimes"), "sometimes"},
-      {csv_train("--epochs 0"), "--epochs"},
+      {csv_train("--epochs 0"), "--epochs: must be a positive integer, got '0'"},
+      {csv_train("--batch-size -3"), "positive integer"},
       {csv_train("--epochs many"), "many"},
       {csv_train("--initial-scale 1000"), "power of two"},
       {csv_train("--history '" + path("h.txt") + "'"), ".csv or .svg"},
@@ -206,6 +207,7 @@ TEST_F(Cli, BadInputExitsWithCode2AndAnErrorLine) {
     EXPECT_EQ(r.code, 2) << r.out << r.err;
     EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
     EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
+    EXPECT_LT(r.err.size(), 400u) << r.err;  // a message, not a dump (no 309-digit bounds)
   }
 }
 

@@ -14,6 +14,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "backends/cpu/cpu_backend.hpp"
 #include "core/half.hpp"
 #include "grad_check.hpp"

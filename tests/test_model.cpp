@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <nlohmann/json.hpp>
+
 #include "mixtrain/mixtrain.hpp"
 
 namespace mixtrain {
@@ -43,6 +45,43 @@ TEST(Model, ErrorsSurfaceAtCompileAndNameTheLayer) {
     ModelBuilder({8, 6}).reshape({4, 2}, {.name = "r"}).compile();
   });
   EXPECT_NE(reshape.find("'r'"), std::string::npos) << reshape;
+}
+
+// Options out of range are ConfigError (as error.hpp documents), shapes that do not fit ShapeError.
+TEST(Model, OptionErrorsAreConfigErrorsAndShapeErrorsShapeErrors) {
+  EXPECT_THROW(ModelBuilder({8, 4}).dense(0).compile(), ConfigError);
+  EXPECT_THROW(ModelBuilder({8, 4}).dropout(1.5f).compile(), ConfigError);
+  EXPECT_THROW(ModelBuilder({8, 4}).reshape({-1, -1}).compile(), ConfigError);
+  EXPECT_THROW(ModelBuilder({8, 4}).reshape({0}).compile(), ConfigError);
+  EXPECT_THROW(ModelBuilder({8, 4}).batch_norm({.momentum = 2.0f}).compile(), ConfigError);
+  EXPECT_THROW(ModelBuilder({8, 4}).batch_norm({.epsilon = 0.0f}).compile(), ConfigError);
+  EXPECT_THROW(ModelBuilder({2, 8, 8, 1}).conv2d(0, 3).compile(), ConfigError);
+  EXPECT_THROW(ModelBuilder({2, 8, 8, 1}).conv2d(4, 0).compile(), ConfigError);
+  EXPECT_THROW(ModelBuilder({2, 8, 8, 1}).conv2d(4, 3, {.stride = 0}).compile(), ConfigError);
+  EXPECT_THROW(ModelBuilder({2, 8, 8, 1}).conv2d(4, 3, {.padding = -1}).compile(), ConfigError);
+  EXPECT_THROW(ModelBuilder({2, 8, 8, 4}).conv2d(6, 3, {.groups = 4}).compile(), ConfigError);
+  EXPECT_THROW(ModelBuilder({2, 8, 8, 1}).max_pool2d(0).compile(), ConfigError);
+  EXPECT_THROW(ModelBuilder({2, 8, 8, 1}).avg_pool2d(2, {.padding = 2}).compile(), ConfigError);
+  EXPECT_THROW(ModelBuilder({8, 6}).reshape({4, 2}).compile(), ShapeError);
+  EXPECT_THROW(ModelBuilder({2, 8, 8, 6}).conv2d(8, 3, {.groups = 4}).compile(), ShapeError);
+  EXPECT_THROW(ModelBuilder({2, 3, 3, 1}).max_pool2d(4).compile(), ShapeError);
+  EXPECT_THROW(ModelBuilder({8, 4}).dense(3).conv2d(2, 1).compile(), ShapeError);
+}
+
+TEST(Model, AnEmptyModelIsAnErrorNotACrash) {
+  const Model empty;
+  EXPECT_THROW((void)empty.parameter_count(), ConfigError);
+  EXPECT_THROW((void)empty.summary(), ConfigError);
+  EXPECT_THROW((void)empty.output_shape(), ConfigError);
+  EXPECT_THROW((void)empty.spec(), ConfigError);
+  TrainerConfig c;
+  c.device = Device::CPU;
+  try {
+    Trainer t(empty, c);
+    FAIL() << "a trainer of an empty model";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("compile"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Model, ResidualShapeErrorNamesBothPaths) {

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "io/presets.hpp"
 #include "mixtrain/error.hpp"
 #include "mixtrain/model.hpp"
@@ -64,9 +66,9 @@ TEST(Presets, Resnet18HasEightBasicBlocksAndThreeProjections) {
     adds += l.type == "add";
     convs += l.type == "conv2d";
     bns += l.type == "batch_norm";
-    shortcuts += l.type == "conv2d" && l.attrs.at("kernel") == nlohmann::json::array({1, 1});
+    shortcuts += l.type == "conv2d" && l.attrs.json().at("kernel") == nlohmann::json::array({1, 1});
     if (l.type == "conv2d") {
-      EXPECT_FALSE(l.attrs.at("bias").get<bool>()) << l.name;
+      EXPECT_FALSE(l.attrs.json().at("bias").get<bool>()) << l.name;
     }
   }
   EXPECT_EQ(adds, 8);
@@ -94,9 +96,9 @@ TEST(Presets, MlpMatchesTheBenchmarkDefinition) {
   const ModelSpec spec = preset_model("mlp", 64);
   EXPECT_EQ(layer_types(spec),
             (std::vector<std::string>{"dense", "relu", "dropout", "dense", "relu", "dense"}));
-  EXPECT_FLOAT_EQ(spec.layers[2].attrs.at("rate").get<float>(), 0.2f);
-  EXPECT_EQ(spec.layers[0].attrs.at("units").get<std::int64_t>(), 512);
-  EXPECT_EQ(spec.layers[3].attrs.at("units").get<std::int64_t>(), 256);
+  EXPECT_FLOAT_EQ(spec.layers[2].attrs.json().at("rate").get<float>(), 0.2f);
+  EXPECT_EQ(spec.layers[0].attrs.json().at("units").get<std::int64_t>(), 512);
+  EXPECT_EQ(spec.layers[3].attrs.json().at("units").get<std::int64_t>(), 256);
   EXPECT_EQ(spec.output, "logits");  // logits, no softmax
   // small_mlp is BENCHMARKS.md's name for the same network.
   EXPECT_EQ(preset_model("small_mlp", 64).to_json(), spec.to_json());
@@ -107,7 +109,8 @@ TEST(Presets, LargeMlpHasThreeHiddenLayersOf4096) {
   EXPECT_EQ(layer_types(spec),
             (std::vector<std::string>{"dense", "relu", "dense", "relu", "dense", "relu", "dense"}));
   for (int i : {0, 2, 4}) {
-    EXPECT_EQ(spec.layers[static_cast<std::size_t>(i)].attrs.at("units").get<std::int64_t>(), 4096);
+    EXPECT_EQ(spec.layers[static_cast<std::size_t>(i)].attrs.json().at("units").get<std::int64_t>(),
+              4096);
   }
 }
 

@@ -14,19 +14,38 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
+#include <nlohmann/json_fwd.hpp>
 
 #include "mixtrain/shape.hpp"
 
 namespace mixtrain {
 
-// One node of the model graph. `inputs` name earlier layers, or "input" for the model's input;
-// `attrs` holds the type's settings (units, rate, alpha...).
+// A layer's settings (units, rate, alpha, kernel...) as a JSON object, an empty object by default.
+// The JSON lives behind a pointer so that this header needs only <nlohmann/json_fwd.hpp>: code
+// that reads or builds attributes includes <nlohmann/json.hpp> itself. Copies are deep.
+class LayerAttrs {
+ public:
+  LayerAttrs();
+  LayerAttrs(nlohmann::json attrs);  // NOLINT(google-explicit-constructor): {{"units", 64}}
+  LayerAttrs(const LayerAttrs& other);
+  LayerAttrs(LayerAttrs&& other) noexcept;
+  LayerAttrs& operator=(const LayerAttrs& other);
+  LayerAttrs& operator=(LayerAttrs&& other) noexcept;
+  ~LayerAttrs();
+
+  const nlohmann::json& json() const;
+  nlohmann::json& json();
+
+ private:
+  std::unique_ptr<nlohmann::json> json_;  // never null
+};
+
+// One node of the model graph. `inputs` name earlier layers, or "input" for the model's input.
 struct LayerSpec {
   std::string name;
   std::string type;
   std::vector<std::string> inputs;
-  nlohmann::json attrs = nlohmann::json::object();
+  LayerAttrs attrs;
 };
 
 // A model's description: plain data, written to and read from JSON.
@@ -49,6 +68,8 @@ struct Graph;
 }
 
 // A checked model: every layer valid, every shape known. Cheap to copy (shared, immutable).
+// Only compile() makes a usable one; every call on a default-constructed Model throws
+// ConfigError.
 class Model {
  public:
   const ModelSpec& spec() const;
@@ -58,7 +79,7 @@ class Model {
   // A table of layers: name, type, output shape, parameters.
   std::string summary() const;
 
-  const graph::Graph& graph() const { return *graph_; }
+  const graph::Graph& graph() const;  // internal
 
  private:
   friend Model compile(const ModelSpec& spec);

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -88,29 +89,12 @@ struct TrainerStats {
 };
 
 class Trainer;
+class StepResult;
 
 // A batch stored in device memory by Trainer::upload_batch (owned by that trainer).
 struct DeviceBatch {
   std::size_t index = 0;
   std::int64_t size = 0;  // samples
-};
-
-// The result of train_batch. Holds no value until read: loss() and the rest read the step's record
-// back from the device (a sync), which training itself never does.
-class StepResult {
- public:
-  float loss() const;
-  float loss_scale() const;
-  float grad_norm() const;
-  bool skipped() const;
-  StepStats stats() const;
-  std::int64_t step() const { return step_; }
-
- private:
-  friend class Trainer;
-  StepResult(Trainer* trainer, std::int64_t step) : trainer_(trainer), step_(step) {}
-  Trainer* trainer_;
-  std::int64_t step_;
 };
 
 struct EvalResult {
@@ -165,6 +149,10 @@ class Trainer {
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
+  // Moving hands over the compiled plan and device memory; StepResults of earlier steps stay
+  // readable through the new owner. A moved-from trainer throws mixtrain::Error on every call.
+  Trainer(Trainer&&) noexcept;
+  Trainer& operator=(Trainer&&) noexcept;
 
   // One step on a batch from host memory. inputs: [n, features...] fp32 with n <= the model's
   // batch; labels: int32 [n] (class ids; 0/1 for binary losses) or targets: fp32 [n, outputs].
@@ -185,6 +173,19 @@ class Trainer {
   DeviceBatch upload_batch(const float* inputs, const Shape& input_shape, const float* targets,
                            const Shape& target_shape);
   StepResult train_batch(const DeviceBatch& batch);
+
+  // The same calls with the buffers' lengths checked: each span must hold exactly numel(shape)
+  // values, or ShapeError names both counts. (The pointer overloads above read numel(shape)
+  // values and cannot check.) A std::vector converts to these spans.
+  StepResult train_batch(std::span<const float> inputs, const Shape& input_shape,
+                         std::span<const std::int32_t> labels, const Shape& label_shape);
+  StepResult train_batch(std::span<const float> inputs, const Shape& input_shape,
+                         std::span<const float> targets, const Shape& target_shape);
+  DeviceBatch upload_batch(std::span<const float> inputs, const Shape& input_shape,
+                           std::span<const std::int32_t> labels, const Shape& label_shape);
+  DeviceBatch upload_batch(std::span<const float> inputs, const Shape& input_shape,
+                           std::span<const float> targets, const Shape& target_shape);
+  std::vector<float> predict(std::span<const float> inputs, const Shape& input_shape);
 
   // Inference (dropout off): outputs [n, outputs...] as fp32, row-major.
   std::vector<float> predict(const float* inputs, const Shape& input_shape);
@@ -217,8 +218,29 @@ class Trainer {
   struct Impl;
 
  private:
-  friend class StepResult;
-  std::unique_ptr<Impl> impl_;
+  // Throws mixtrain::Error when this trainer was moved from.
+  Impl& impl() const;
+  std::shared_ptr<Impl> impl_;  // shared only with StepResults, which hold it weakly
+};
+
+// The result of train_batch. Holds no value until read: loss() and the rest read the step's record
+// back from the device (a sync), which training itself never does. It refers to its trainer
+// without owning it: reading it after the trainer is destroyed throws mixtrain::Error.
+class StepResult {
+ public:
+  float loss() const;
+  float loss_scale() const;
+  float grad_norm() const;
+  bool skipped() const;
+  StepStats stats() const;
+  std::int64_t step() const { return step_; }
+
+ private:
+  friend class Trainer;
+  StepResult(std::weak_ptr<Trainer::Impl> trainer, std::int64_t step)
+      : trainer_(std::move(trainer)), step_(step) {}
+  std::weak_ptr<Trainer::Impl> trainer_;
+  std::int64_t step_;
 };
 
 }  // namespace mixtrain

@@ -176,8 +176,8 @@ fs::path find_fashion_file(const fs::path& dir, const std::string& stem) {
   if (fs::exists(gz, ec)) return gz;
   if (fs::exists(raw, ec)) return raw;
   const std::string hint =
-      "install the dataset with `apt-get install dataset-fashion-mnist` or pass --data-dir "
-      "pointing at a directory that holds it";
+      "install the dataset with `apt-get install dataset-fashion-mnist`, or load it from a "
+      "directory that holds its files";
   if (!fs::is_directory(dir, ec)) {
     throw DataError(
         fmt::format("Fashion-MNIST directory {} does not exist; {}", dir.string(), hint));

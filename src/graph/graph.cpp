@@ -42,7 +42,7 @@ std::shared_ptr<Graph> build(const ModelSpec& spec) {
       throw ConfigError("layer name '" + ls.name + "' is used twice (or is the reserved 'input')");
     }
     Node node;
-    node.layer = make_layer(ls.name, ls.type, ls.attrs, name_salt(ls.name));
+    node.layer = make_layer(ls.name, ls.type, ls.attrs.json(), name_salt(ls.name));
     if (ls.inputs.size() != node.layer->input_count()) {
       throw ConfigError("layer '" + ls.name + "' (" + ls.type + ") takes " +
                         std::to_string(node.layer->input_count()) + " input(s), got " +

@@ -1,6 +1,8 @@
 // ModelSpec (JSON), Model and compile().
 #include <fmt/format.h>
 
+#include <nlohmann/json.hpp>
+
 #include "graph/graph.hpp"
 #include "io/atomic_file.hpp"
 #include "mixtrain/error.hpp"
@@ -8,11 +10,35 @@
 
 namespace mixtrain {
 
+LayerAttrs::LayerAttrs() : json_(std::make_unique<nlohmann::json>(nlohmann::json::object())) {}
+LayerAttrs::LayerAttrs(nlohmann::json attrs)
+    : json_(std::make_unique<nlohmann::json>(std::move(attrs))) {}
+LayerAttrs::LayerAttrs(const LayerAttrs& other)
+    : json_(std::make_unique<nlohmann::json>(*other.json_)) {}
+// A moved-from LayerAttrs keeps an (empty) object of its own, so json() never sees a null.
+LayerAttrs::LayerAttrs(LayerAttrs&& other) noexcept
+    : json_(std::make_unique<nlohmann::json>(std::move(*other.json_))) {}
+LayerAttrs& LayerAttrs::operator=(const LayerAttrs& other) {
+  *json_ = *other.json_;
+  return *this;
+}
+LayerAttrs& LayerAttrs::operator=(LayerAttrs&& other) noexcept {
+  *json_ = std::move(*other.json_);
+  return *this;
+}
+LayerAttrs::~LayerAttrs() = default;
+const nlohmann::json& LayerAttrs::json() const {
+  return *json_;
+}
+nlohmann::json& LayerAttrs::json() {
+  return *json_;
+}
+
 nlohmann::json ModelSpec::to_json() const {
   nlohmann::json layers_json = nlohmann::json::array();
   for (const LayerSpec& l : layers) {
     layers_json.push_back(
-        {{"name", l.name}, {"type", l.type}, {"inputs", l.inputs}, {"attrs", l.attrs}});
+        {{"name", l.name}, {"type", l.type}, {"inputs", l.inputs}, {"attrs", l.attrs.json()}});
   }
   return {{"format", "mixtrain.model"},
           {"version", 1},
@@ -56,7 +82,7 @@ ModelSpec ModelSpec::from_json(const nlohmann::json& j) {
                                      : std::vector<std::string>{previous};
     if (l.contains("attrs")) {
       ls.attrs = l.at("attrs");
-      if (!ls.attrs.is_object()) throw ConfigError(where + ": 'attrs' must be an object");
+      if (!ls.attrs.json().is_object()) throw ConfigError(where + ": 'attrs' must be an object");
     }
     previous = ls.name;
     spec.layers.push_back(std::move(ls));
@@ -83,29 +109,39 @@ ModelSpec ModelSpec::load(const std::filesystem::path& path) {
   }
 }
 
+const graph::Graph& Model::graph() const {
+  if (!graph_) {
+    throw ConfigError(
+        "this Model is empty (default-constructed): build one with ModelBuilder::compile() or "
+        "mixtrain::compile(spec)");
+  }
+  return *graph_;
+}
+
 const ModelSpec& Model::spec() const {
-  return graph_->spec;
+  return graph().spec;
 }
 const Shape& Model::input_shape() const {
-  return graph_->spec.input_shape;
+  return graph().spec.input_shape;
 }
 
 Shape Model::output_shape() const {
-  Shape s{graph_->max_batch};
-  const Shape& o = graph_->nodes[static_cast<std::size_t>(graph_->output)].shape;
+  const graph::Graph& g = graph();
+  Shape s{g.max_batch};
+  const Shape& o = g.nodes[static_cast<std::size_t>(g.output)].shape;
   s.insert(s.end(), o.begin(), o.end());
   return s;
 }
 
 std::int64_t Model::parameter_count() const {
-  return graph_->parameter_count;
+  return graph().parameter_count;
 }
 
 std::string Model::summary() const {
   std::string out =
       fmt::format("{:<20} {:<12} {:<20} {:>12}\n", "layer", "type", "output", "parameters");
   out += fmt::format("{:<20} {:<12} {:<20} {:>12}\n", "input", "", shape_str(input_shape()), "");
-  for (const graph::Node& n : graph_->nodes) {
+  for (const graph::Node& n : graph().nodes) {
     std::int64_t params = 0;
     for (const ParamDecl& p : n.params) params += numel(p.shape);
     Shape s{graph_->max_batch};

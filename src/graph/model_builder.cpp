@@ -1,3 +1,5 @@
+#include <nlohmann/json.hpp>
+
 #include "mixtrain/error.hpp"
 #include "mixtrain/model.hpp"
 
@@ -26,7 +28,7 @@ ModelBuilder& ModelBuilder::append(std::string type, std::string name, nlohmann:
   l.name = name.empty() ? unique_name(type) : std::move(name);
   l.type = std::move(type);
   l.inputs = {tip_};
-  l.attrs = attrs.is_null() ? nlohmann::json::object() : std::move(attrs);
+  if (!attrs.is_null()) l.attrs = std::move(attrs);
   tip_ = l.name;
   spec_.layers.push_back(std::move(l));
   spec_.output = tip_;

@@ -15,10 +15,10 @@ enum Buffer : std::size_t { kRunningMean, kRunningVar, kBatchMean, kBatchInvstd 
 Shape BatchNorm::output_shape(const std::vector<Shape>& in) const {
   if (in[0].empty()) shape_error("needs at least one (channel) dimension per sample");
   if (!(momentum_ >= 0.0f && momentum_ <= 1.0f)) {
-    shape_error("momentum must be in [0, 1], got " + std::to_string(momentum_));
+    config_error("momentum must be in [0, 1], got " + std::to_string(momentum_));
   }
   if (!(epsilon_ > 0.0f && std::isfinite(epsilon_))) {
-    shape_error("epsilon must be positive, got " + std::to_string(epsilon_));
+    config_error("epsilon must be positive, got " + std::to_string(epsilon_));
   }
   return in[0];
 }

@@ -9,16 +9,20 @@ ConvDesc Conv2d::desc(const Shape& in, std::int64_t batch) const {
     shape_error("needs [height, width, channels] per sample (channels-last), got " + shape_str(in));
   }
   const std::int64_t channels = in[2];
-  if (c_.filters <= 0) shape_error("filters must be positive, got " + std::to_string(c_.filters));
+  if (c_.filters <= 0) config_error("filters must be positive, got " + std::to_string(c_.filters));
   if (c_.kernel.h <= 0 || c_.kernel.w <= 0 || c_.stride.h <= 0 || c_.stride.w <= 0 ||
       c_.dilation.h <= 0 || c_.dilation.w <= 0) {
-    shape_error("kernel " + hw_str(c_.kernel) + ", stride " + hw_str(c_.stride) + " and dilation " +
-                hw_str(c_.dilation) + " must be positive");
+    config_error("kernel " + hw_str(c_.kernel) + ", stride " + hw_str(c_.stride) +
+                 " and dilation " + hw_str(c_.dilation) + " must be positive");
   }
   if (c_.padding.size.h < 0 || c_.padding.size.w < 0) {
-    shape_error("padding " + hw_str(c_.padding.size) + " must not be negative");
+    config_error("padding " + hw_str(c_.padding.size) + " must not be negative");
   }
-  if (c_.groups <= 0 || channels % c_.groups != 0 || c_.filters % c_.groups != 0) {
+  if (c_.groups <= 0 || c_.filters % c_.groups != 0) {
+    config_error("groups (" + std::to_string(c_.groups) +
+                 ") must be positive and divide the filters (" + std::to_string(c_.filters) + ")");
+  }
+  if (channels % c_.groups != 0) {
     shape_error("groups (" + std::to_string(c_.groups) + ") must divide both the input channels (" +
                 std::to_string(channels) + ", input " + shape_str(in) + ") and the filters (" +
                 std::to_string(c_.filters) + ")");

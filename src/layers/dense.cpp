@@ -8,7 +8,7 @@ namespace mixtrain {
 Shape Dense::output_shape(const std::vector<Shape>& in) const {
   const Shape& x = in[0];
   if (x.empty()) shape_error("needs at least one feature dimension, got a scalar per sample");
-  if (units_ <= 0) shape_error("units must be positive, got " + std::to_string(units_));
+  if (units_ <= 0) config_error("units must be positive, got " + std::to_string(units_));
   Shape y = x;
   y.back() = units_;
   return y;

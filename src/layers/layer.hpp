@@ -124,6 +124,8 @@ class Layer {
 
  protected:
   [[noreturn]] void shape_error(const std::string& what) const;
+  // A layer option out of range (units, rate, kernel...): ConfigError naming this layer.
+  [[noreturn]] void config_error(const std::string& what) const;
   // Elements of one sample's input i / output.
   std::int64_t in_numel(std::size_t i = 0) const { return numel(in_shapes_[i]); }
   std::int64_t out_numel() const { return numel(out_shape_); }

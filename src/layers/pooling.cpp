@@ -7,14 +7,14 @@ PoolDesc Pool2d::desc(const Shape& in, std::int64_t batch) const {
     shape_error("needs [height, width, channels] per sample (channels-last), got " + shape_str(in));
   }
   if (kernel_.h <= 0 || kernel_.w <= 0 || stride_.h <= 0 || stride_.w <= 0) {
-    shape_error("kernel " + hw_str(kernel_) + " and stride " + hw_str(stride_) +
-                " must be positive");
+    config_error("kernel " + hw_str(kernel_) + " and stride " + hw_str(stride_) +
+                 " must be positive");
   }
   // Every window must hold an input pixel: padding at most half the window (PyTorch's rule).
   if (padding_.size.h < 0 || padding_.size.w < 0 || 2 * padding_.size.h > kernel_.h ||
       2 * padding_.size.w > kernel_.w) {
-    shape_error("padding " + hw_str(padding_.size) + " must be between 0 and half the kernel " +
-                hw_str(kernel_));
+    config_error("padding " + hw_str(padding_.size) + " must be between 0 and half the kernel " +
+                 hw_str(kernel_));
   }
   const Extent eh = spatial_extent(in[0], kernel_.h, stride_.h, padding_.same, padding_.size.h);
   const Extent ew = spatial_extent(in[1], kernel_.w, stride_.w, padding_.same, padding_.size.w);

@@ -41,7 +41,7 @@ void Softmax::backward(const BackwardArgs& a) const {
 
 Shape Dropout::output_shape(const std::vector<Shape>& in) const {
   if (!(rate_ >= 0.0f && rate_ < 1.0f)) {
-    shape_error("rate must be in [0, 1), got " + std::to_string(rate_));
+    config_error("rate must be in [0, 1), got " + std::to_string(rate_));
   }
   return in[0];
 }
@@ -74,10 +74,10 @@ Shape Reshape::output_shape(const std::vector<Shape>& in) const {
   int inferred = -1;
   for (std::size_t i = 0; i < out.size(); ++i) {
     if (out[i] == -1) {
-      if (inferred >= 0) shape_error("at most one dimension may be -1 in " + shape_str(target_));
+      if (inferred >= 0) config_error("at most one dimension may be -1 in " + shape_str(target_));
       inferred = static_cast<int>(i);
     } else if (out[i] <= 0) {
-      shape_error("dimensions must be positive or -1, got " + shape_str(target_));
+      config_error("dimensions must be positive or -1, got " + shape_str(target_));
     } else {
       known *= out[i];
     }

@@ -48,6 +48,15 @@ static_assert(static_cast<float>(0.39894228040143267794) == 0.3989422804014327f)
 static_assert(static_cast<float>(0.79788456080286535588) == 0.7978845608028654f);
 static_assert(static_cast<float>(0.044715) == 0.044715f);
 
+// ReLU keeps x where x > 0 and where x is NaN, and gives 0 elsewhere: NaN propagates, as IEEE
+// max and PyTorch's relu do, so a NaN weight behind a ReLU reaches the loss instead of turning
+// into zeros that hide it. Every ReLU of the library (layer, fused epilogue, batch-norm's fused
+// ReLU, the fused dense chain) and its backward mask go through this test.
+template <typename R>
+MIXTRAIN_HD bool relu_passes(R x) {
+  return !(x <= R(0));
+}
+
 template <typename R>
 MIXTRAIN_HD R sigmoid_(R x) {
   return R(1) / (R(1) + math_exp(-x));
@@ -60,7 +69,7 @@ MIXTRAIN_HD R activation_value(Activation act, float alpha, R x) {
     case Activation::Identity:
       return x;
     case Activation::ReLU:
-      return x > R(0) ? x : R(0);
+      return relu_passes(x) ? x : R(0);
     case Activation::LeakyReLU:
       return x > R(0) ? x : a * x;
     case Activation::ELU:
@@ -90,7 +99,7 @@ MIXTRAIN_HD R activation_derivative(Activation act, float alpha, R x, std::type_
     case Activation::Identity:
       return R(1);
     case Activation::ReLU:
-      return x > R(0) ? R(1) : R(0);
+      return relu_passes(x) ? R(1) : R(0);
     case Activation::LeakyReLU:
       return x > R(0) ? R(1) : a;
     case Activation::ELU:

@@ -54,8 +54,10 @@ std::int64_t Trainer::Impl::accuracy_hits(const float* out, std::int64_t n,
 }
 
 EvalResult Trainer::evaluate(const Dataset& data) {
-  Impl& m = *impl_;
+  Impl& m = impl();
   data.validate();
+  // A loss of 0 over nothing would read as a perfect model.
+  if (data.size() == 0) throw DataError("evaluate: the dataset is empty (0 samples)");
   const graph::Graph& g = m.model.graph();
   if (static_cast<std::int64_t>(data.feature_size()) != numel(g.sample_shape)) {
     throw ShapeError(fmt::format("dataset samples have {} features, the model takes {}",
@@ -112,14 +114,14 @@ EvalResult Trainer::evaluate(const Dataset& data) {
   }
   EvalResult r;
   r.samples = samples;
-  r.loss = samples > 0 ? loss_sum / static_cast<double>(samples) : 0.0;
+  r.loss = loss_sum / static_cast<double>(samples);
   r.has_accuracy = classification && decisions > 0;
   r.accuracy = r.has_accuracy ? static_cast<double>(hits) / static_cast<double>(decisions) : 0.0;
   return r;
 }
 
 FitHistory Trainer::fit(const Dataset& train, const FitOptions& options) {
-  Impl& m = *impl_;
+  Impl& m = impl();
   if (options.epochs < 1)
     throw ConfigError(fmt::format("epochs must be >= 1, got {}", options.epochs));
   const graph::Graph& g = m.model.graph();
@@ -128,6 +130,10 @@ FitHistory Trainer::fit(const Dataset& train, const FitOptions& options) {
                                   options.batch_size, g.max_batch));
   }
   train.validate();
+  if (train.size() == 0) throw DataError("fit: the training dataset is empty (0 samples)");
+  if (options.validation != nullptr && options.validation->size() == 0) {
+    throw DataError("fit: the validation dataset is empty (0 samples)");
+  }
   if (static_cast<std::int64_t>(train.feature_size()) != numel(g.sample_shape)) {
     throw ShapeError(fmt::format("dataset samples have {} features, the model takes {}",
                                  train.feature_size(), numel(g.sample_shape)));

@@ -255,11 +255,25 @@ void Trainer::Impl::check_batch(const float* inputs, const Shape& shape) const {
   if (inputs == nullptr) throw ShapeError("input batch pointer is null");
   if (!config.validate_inputs) return;
   const std::int64_t n = numel(shape);
+  const std::int64_t per = numel(g.sample_shape);
   for (std::int64_t i = 0; i < n; ++i) {
     if (!std::isfinite(inputs[i])) {
-      const std::int64_t per = numel(g.sample_shape);
       throw DataError(fmt::format("input batch: sample {} feature {} is {} (inputs must be finite)",
                                   i / per, i % per, inputs[i]));
+    }
+  }
+  // FP16 inputs are stored in FP16: a value past its largest finite one would become infinite,
+  // every step would overflow and be skipped, and the divergence report would blame gradients.
+  if (plan->input.dtype == DType::F16) {
+    constexpr float kF16Max = 65504.0f;
+    for (std::int64_t i = 0; i < n; ++i) {
+      if (std::fabs(inputs[i]) > kF16Max) {
+        throw DataError(fmt::format(
+            "input batch: sample {} feature {} is {}, beyond FP16's largest finite value {} "
+            "(FP16 stores the inputs in FP16): normalise the inputs (mixtrain::Normalizer) or "
+            "train in BF16",
+            i / per, i % per, inputs[i], kF16Max));
+      }
     }
   }
 }
@@ -383,7 +397,7 @@ bool Trainer::Impl::run_dense_chain(std::int64_t n) {
   return backend->dense_chain_step(chain);
 }
 
-StepResult Trainer::Impl::step(Trainer* owner, std::int64_t n, const std::string& key) {
+StepResult Trainer::Impl::step(std::int64_t n, const std::string& key) {
   backend->run_step(key, [&] {
     // run_step calls this when it plans or captures the step (not on a replay): remember how.
     const bool fused = !chain.layers.empty() && run_dense_chain(n);
@@ -408,7 +422,7 @@ StepResult Trainer::Impl::step(Trainer* owner, std::int64_t n, const std::string
   if (pending >= std::min<std::int64_t>(config.sync_interval, plan->options.history_size)) {
     drain();
   }
-  return StepResult(owner, index);
+  return StepResult(weak_from_this(), index);
 }
 
 void Trainer::Impl::drain() {
@@ -448,9 +462,16 @@ void Trainer::Impl::check_divergence() const {
 }
 
 Trainer::Trainer(const Model& model, TrainerConfig config)
-    : impl_(std::make_unique<Impl>(model, config)) {}
+    : impl_(std::make_shared<Impl>(model, config)) {}
 
 Trainer::~Trainer() = default;
+Trainer::Trainer(Trainer&&) noexcept = default;
+Trainer& Trainer::operator=(Trainer&&) noexcept = default;
+
+Trainer::Impl& Trainer::impl() const {
+  if (!impl_) throw Error("this Trainer was moved from: use the trainer it was moved into");
+  return *impl_;
+}
 
 void Trainer::Impl::upload_labels(const std::int32_t* labels, const Shape& shape, std::int64_t n) {
   check_labels(labels, shape, n);
@@ -503,27 +524,27 @@ DeviceBatch Trainer::Impl::store_batch(std::int64_t n) {
 
 StepResult Trainer::train_batch(const float* inputs, const Shape& input_shape,
                                 const std::int32_t* labels, const Shape& label_shape) {
-  Impl& m = *impl_;
+  Impl& m = impl();
   m.check_batch(inputs, input_shape);
   const std::int64_t n = input_shape[0];
   m.upload_labels(labels, label_shape, n);  // validates before anything is uploaded
   m.upload_inputs(inputs, n);
-  return m.step(this, n, fmt::format("train/{}", n));
+  return m.step(n, fmt::format("train/{}", n));
 }
 
 StepResult Trainer::train_batch(const float* inputs, const Shape& input_shape, const float* targets,
                                 const Shape& target_shape) {
-  Impl& m = *impl_;
+  Impl& m = impl();
   m.check_batch(inputs, input_shape);
   const std::int64_t n = input_shape[0];
   m.upload_targets(targets, target_shape, n);  // validates before anything is uploaded
   m.upload_inputs(inputs, n);
-  return m.step(this, n, fmt::format("train/{}", n));
+  return m.step(n, fmt::format("train/{}", n));
 }
 
 DeviceBatch Trainer::upload_batch(const float* inputs, const Shape& input_shape,
                                   const std::int32_t* labels, const Shape& label_shape) {
-  Impl& m = *impl_;
+  Impl& m = impl();
   m.check_batch(inputs, input_shape);
   const std::int64_t n = input_shape[0];
   m.upload_labels(labels, label_shape, n);
@@ -533,7 +554,7 @@ DeviceBatch Trainer::upload_batch(const float* inputs, const Shape& input_shape,
 
 DeviceBatch Trainer::upload_batch(const float* inputs, const Shape& input_shape,
                                   const float* targets, const Shape& target_shape) {
-  Impl& m = *impl_;
+  Impl& m = impl();
   m.check_batch(inputs, input_shape);
   const std::int64_t n = input_shape[0];
   m.upload_targets(targets, target_shape, n);
@@ -542,7 +563,7 @@ DeviceBatch Trainer::upload_batch(const float* inputs, const Shape& input_shape,
 }
 
 StepResult Trainer::train_batch(const DeviceBatch& batch) {
-  Impl& m = *impl_;
+  Impl& m = impl();
   if (batch.index >= m.device_batches.size() || m.device_batches[batch.index].n != batch.size) {
     throw ConfigError(fmt::format("device batch {} was not uploaded by this trainer", batch.index));
   }
@@ -552,7 +573,7 @@ StepResult Trainer::train_batch(const DeviceBatch& batch) {
     m.backend->copy(plan.input.ptr, b.inputs, b.input_bytes);
     m.backend->copy(m.uses_labels ? static_cast<void*>(plan.labels) : plan.targets, b.expected,
                     b.expected_bytes);
-    return m.step(this, b.n, b.step_key);
+    return m.step(b.n, b.step_key);
   }
   // The plan's input and label (or target) buffers point at the batch for its step.
   struct Restore {
@@ -572,11 +593,53 @@ StepResult Trainer::train_batch(const DeviceBatch& batch) {
   } else {
     plan.targets = static_cast<float*>(b.expected);
   }
-  return m.step(this, b.n, b.step_key);
+  return m.step(b.n, b.step_key);
+}
+
+namespace {
+
+// A span handed with a shape must hold exactly the shape's elements.
+template <typename T>
+const T* checked(std::span<const T> data, const Shape& shape, const char* what) {
+  if (static_cast<std::int64_t>(data.size()) != numel(shape)) {
+    throw ShapeError(fmt::format("{} hold {} values, but their shape {} needs {}", what,
+                                 data.size(), shape_str(shape), numel(shape)));
+  }
+  return data.data();
+}
+
+}  // namespace
+
+StepResult Trainer::train_batch(std::span<const float> inputs, const Shape& input_shape,
+                                std::span<const std::int32_t> labels, const Shape& label_shape) {
+  return train_batch(checked(inputs, input_shape, "inputs"), input_shape,
+                     checked(labels, label_shape, "labels"), label_shape);
+}
+
+StepResult Trainer::train_batch(std::span<const float> inputs, const Shape& input_shape,
+                                std::span<const float> targets, const Shape& target_shape) {
+  return train_batch(checked(inputs, input_shape, "inputs"), input_shape,
+                     checked(targets, target_shape, "targets"), target_shape);
+}
+
+DeviceBatch Trainer::upload_batch(std::span<const float> inputs, const Shape& input_shape,
+                                  std::span<const std::int32_t> labels, const Shape& label_shape) {
+  return upload_batch(checked(inputs, input_shape, "inputs"), input_shape,
+                      checked(labels, label_shape, "labels"), label_shape);
+}
+
+DeviceBatch Trainer::upload_batch(std::span<const float> inputs, const Shape& input_shape,
+                                  std::span<const float> targets, const Shape& target_shape) {
+  return upload_batch(checked(inputs, input_shape, "inputs"), input_shape,
+                      checked(targets, target_shape, "targets"), target_shape);
+}
+
+std::vector<float> Trainer::predict(std::span<const float> inputs, const Shape& input_shape) {
+  return predict(checked(inputs, input_shape, "inputs"), input_shape);
 }
 
 std::vector<float> Trainer::predict(const float* inputs, const Shape& input_shape) {
-  Impl& m = *impl_;
+  Impl& m = impl();
   m.check_batch(inputs, input_shape);
   const std::int64_t n = input_shape[0];
   m.upload_inputs(inputs, n);
@@ -607,25 +670,35 @@ bool StepResult::skipped() const {
   return stats().skipped;
 }
 StepStats StepResult::stats() const {
-  return trainer_->step_stats(step_);
+  const std::shared_ptr<Trainer::Impl> trainer = trainer_.lock();
+  if (!trainer) {
+    throw Error(
+        fmt::format("the result of step {} is gone with its Trainer: read a StepResult "
+                    "while the trainer that returned it exists",
+                    step_));
+  }
+  return trainer->step_stats(step_);
 }
 
 StepStats Trainer::step_stats(std::int64_t step) {
-  if (step < 0 || step >= impl_->steps_issued) {
-    throw ConfigError(
-        fmt::format("step {} has not run (steps so far: {})", step, impl_->steps_issued));
+  return impl().step_stats(step);
+}
+
+StepStats Trainer::Impl::step_stats(std::int64_t step) {
+  if (step < 0 || step >= steps_issued) {
+    throw ConfigError(fmt::format("step {} has not run (steps so far: {})", step, steps_issued));
   }
-  if (step >= static_cast<std::int64_t>(impl_->history.size())) impl_->drain();
-  return impl_->history[static_cast<std::size_t>(step)];
+  if (step >= static_cast<std::int64_t>(history.size())) drain();
+  return history[static_cast<std::size_t>(step)];
 }
 
 const std::vector<StepStats>& Trainer::history() {
-  impl_->drain();
-  return impl_->history;
+  impl().drain();
+  return impl().history;
 }
 
 TrainerStats Trainer::stats() {
-  Impl& m = *impl_;
+  Impl& m = impl();
   m.drain();
   const StepControl& c = m.last_control;
   TrainerStats s;
@@ -647,30 +720,30 @@ void Trainer::set_learning_rate(float lr) {
   if (!(std::isfinite(lr) && lr > 0.0f)) {
     throw ConfigError(fmt::format("learning rate must be positive and finite, got {}", lr));
   }
-  impl_->config.learning_rate = lr;
-  impl_->backend->upload(&impl_->plan->control->learning_rate, &lr, sizeof lr);
+  impl().config.learning_rate = lr;
+  impl().backend->upload(&impl().plan->control->learning_rate, &lr, sizeof lr);
 }
 
 float Trainer::learning_rate() const {
-  return impl_->config.learning_rate;
+  return impl().config.learning_rate;
 }
 const TrainerConfig& Trainer::config() const {
-  return impl_->config;
+  return impl().config;
 }
 const Model& Trainer::model() const {
-  return impl_->model;
+  return impl().model;
 }
 std::string Trainer::device() const {
-  return impl_->backend->name();
+  return impl().backend->name();
 }
 PrecisionPolicy Trainer::policy() const {
-  return impl_->policy;
+  return impl().policy;
 }
 
 std::vector<float> Trainer::weights() {
-  const Plan& p = *impl_->plan;
+  const Plan& p = *impl().plan;
   std::vector<float> slots(static_cast<std::size_t>(p.param_count));
-  impl_->backend->download(slots.data(), p.master, slots.size() * 4);
+  impl().backend->download(slots.data(), p.master, slots.size() * 4);
   // Declaration order, then the layer state.
   std::vector<float> w;
   w.reserve(static_cast<std::size_t>(p.graph.parameter_count + p.persistent_count));
@@ -679,14 +752,14 @@ std::vector<float> Trainer::weights() {
   }
   w.resize(static_cast<std::size_t>(p.graph.parameter_count + p.persistent_count));
   if (p.persistent_count > 0) {
-    impl_->backend->download(w.data() + p.graph.parameter_count, p.persistent,
+    impl().backend->download(w.data() + p.graph.parameter_count, p.persistent,
                              static_cast<std::size_t>(p.persistent_count) * 4);
   }
   return w;
 }
 
 void Trainer::set_weights(const std::vector<float>& w) {
-  Impl& m = *impl_;
+  Impl& m = impl();
   const Plan& p = *m.plan;
   if (static_cast<std::int64_t>(w.size()) != p.graph.parameter_count + p.persistent_count) {
     throw ShapeError(fmt::format(

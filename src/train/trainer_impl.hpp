@@ -11,7 +11,8 @@
 
 namespace mixtrain {
 
-struct Trainer::Impl {
+// Shared with the StepResults it hands out (weakly), so that they can tell when it is gone.
+struct Trainer::Impl : std::enable_shared_from_this<Trainer::Impl> {
   Impl(const Model& model, TrainerConfig config);
   ~Impl();
 
@@ -86,7 +87,9 @@ struct Trainer::Impl {
   bool run_dense_chain(std::int64_t n);
   // Runs one training step on the batch in plan->input and the labels or targets; `key` names
   // the captured step (one per batch size, and per stored batch: see train_batch(DeviceBatch)).
-  StepResult step(Trainer* owner, std::int64_t n, const std::string& key);
+  StepResult step(std::int64_t n, const std::string& key);
+  // A step's record (drains the history when it is not read back yet).
+  StepStats step_stats(std::int64_t step);
   // Reads the step history back (one sync) and raises DivergenceError when training diverged.
   void drain();
   void check_divergence() const;

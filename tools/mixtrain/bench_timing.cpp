@@ -6,6 +6,8 @@
 #include <map>
 #include <random>
 
+#include <nlohmann/json.hpp>
+
 #include "bench.hpp"
 #include "mixtrain/error.hpp"
 
@@ -52,7 +54,7 @@ std::vector<DenseShape> dense_layers(const ModelSpec& spec) {
     }
     const std::int64_t in = features.at(l.inputs[0]);
     if (l.type == "dense") {
-      const std::int64_t units = l.attrs.at("units").get<std::int64_t>();
+      const std::int64_t units = l.attrs.json().at("units").get<std::int64_t>();
       layers.push_back({in, units});
       features[l.name] = units;
     } else if (l.type == "relu" || l.type == "dropout" || l.type == "gelu" || l.type == "sigmoid" ||

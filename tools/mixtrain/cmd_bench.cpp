@@ -368,13 +368,13 @@ Command add_bench_command(CLI::App& parent) {
   app->add_option("--steps", o->steps,
                   "timed steps per measurement, split evenly into --windows windows")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_integer());
   app->add_option("--warmup", o->warmup, "untimed steps before timing")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app->add_option("--windows", o->windows, "timed windows; the median window is reported")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_integer());
   app->add_option("--optimizer", o->optimizer,
                   "optimizer at its default hyper-parameters (BENCHMARKS.md's workloads use adam)")
       ->capture_default_str()

@@ -110,10 +110,10 @@ Command add_compare_command(CLI::App& parent) {
   add_trainer_flags(*app, o->trainer, /*with_precision=*/false);
   app->add_option("--epochs", o->epochs, "passes over the training split, per precision")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_integer());
   app->add_option("--batch-size", o->batch_size, "samples per training step")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_integer());
   app->add_flag("--quiet,-q", o->quiet,
                 "no progress or per-epoch lines: the configuration lines and the table only");
   app->footer(

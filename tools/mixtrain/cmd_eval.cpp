@@ -57,7 +57,7 @@ Command add_eval_command(CLI::App& parent) {
   add_data_options(*app, o->data);
   app->add_option("--batch-size", o->batch_size, "samples per evaluation batch")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_integer());
   app->add_option("--precision", o->precision, "precision to run the forward pass in")
       ->capture_default_str()
       ->check(parsed_by([](const std::string& s) { parse_precision(s); }, "fp32|tf32|fp16|bf16"));

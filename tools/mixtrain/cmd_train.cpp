@@ -107,10 +107,10 @@ Command add_train_command(CLI::App& parent) {
   add_trainer_flags(*app, o->trainer, /*with_precision=*/true);
   app->add_option("--epochs", o->epochs, "passes over the training split")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_integer());
   app->add_option("--batch-size", o->batch_size, "samples per training step")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(positive_integer());
   app->add_option("--save-weights", o->save_weights,
                   "write the trained fp32 weights to this file (for `mixtrain eval`)");
   app->add_option("--save-spec", o->save_spec,

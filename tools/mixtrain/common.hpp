@@ -92,6 +92,9 @@ std::string describe_config(const TrainerConfig& config, const std::string& devi
 
 // A CLI11 check that accepts what `parse` accepts and reports its ConfigError message.
 CLI::Validator parsed_by(std::function<void(const std::string&)> parse, std::string description);
+// An integer >= 1 ("must be a positive integer, got 0"; CLI11's PositiveNumber prints the
+// range of a double instead).
+CLI::Validator positive_integer();
 
 // --- progress (progress.cpp) ---------------------------------------------------------------
 

@@ -86,8 +86,12 @@ LoadedData load_data(const DataOptions& o, const ModelSpec& model) {
           dir.string()));
     }
     LoadedData d;
-    d.train = load_fashion_mnist(dir, "train", images);
-    d.test = load_fashion_mnist(dir, "test", images);
+    try {
+      d.train = load_fashion_mnist(dir, "train", images);
+      d.test = load_fashion_mnist(dir, "test", images);
+    } catch (const DataError& e) {
+      throw DataError(fmt::format("{} (--data-dir DIR reads it from elsewhere)", e.what()));
+    }
     d.description = fmt::format("fashion-mnist ({} train, {} test images{})", d.train.size(),
                                 d.test.size(), images ? ", 28x28x1" : "");
     return d;

@@ -2,6 +2,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <exception>
+#include <string>
 
 #include "common.hpp"
 #include "mixtrain/error.hpp"
@@ -19,6 +21,24 @@ CLI::Validator parsed_by(std::function<void(const std::string&)> parse, std::str
         }
       },
       std::move(description));
+}
+
+CLI::Validator positive_integer() {
+  return CLI::Validator(
+      [](std::string& value) -> std::string {
+        long long n = 0;
+        std::size_t used = 0;
+        try {
+          n = std::stoll(value, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (used != value.size() || used == 0 || n < 1) {
+          return "must be a positive integer, got '" + value + "'";
+        }
+        return {};
+      },
+      "POSITIVE");
 }
 
 void add_trainer_flags(CLI::App& app, TrainerFlags& f, bool with_precision) {

@@ -60,12 +60,12 @@ void relu_backward_range(const T* x, const T* dy, T* dx, std::int64_t begin, std
   using A = acc_t<T>;
   if (accumulate) {
     for (std::int64_t i = begin; i < end; ++i) {
-      const A d = load(x[i]) > A(0) ? A(1) : A(0);
+      const A d = relu_passes(load(x[i])) ? A(1) : A(0);
       dx[i] = store<T>(load(dx[i]) + load(dy[i]) * d);
     }
   } else {
     for (std::int64_t i = begin; i < end; ++i) {
-      const A d = load(x[i]) > A(0) ? A(1) : A(0);
+      const A d = relu_passes(load(x[i])) ? A(1) : A(0);
       dx[i] = store<T>(load(dy[i]) * d);
     }
   }

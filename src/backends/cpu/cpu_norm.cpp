@@ -9,6 +9,7 @@
 #include "backends/cpu/cpu_backend.hpp"
 #include "backends/cpu/cpu_dispatch.hpp"
 #include "backends/cpu/cpu_rows.hpp"
+#include "ops/activation_math.hpp"
 
 namespace mixtrain::cpu {
 
@@ -71,10 +72,10 @@ std::vector<double> channel_sums(std::int64_t rows, std::int64_t channels, F&& f
   return sum;
 }
 
-// The fused ReLU, as the activation computes it (x > 0 ? x : 0).
+// The fused ReLU, as the activation computes it (NaN propagates: relu_passes).
 template <typename A>
 void relu_row(A* v, std::int64_t n) {
-  for (std::int64_t i = 0; i < n; ++i) v[i] = v[i] > A(0) ? v[i] : A(0);
+  for (std::int64_t i = 0; i < n; ++i) v[i] = relu_passes(v[i]) ? v[i] : A(0);
 }
 
 // Runs f(r, tmp) for every row in parallel; tmp holds 3 * channels values of A per thread.
@@ -188,7 +189,7 @@ void CpuBackend::batch_norm_backward(CBuf x, CBuf dy, CBuf gamma, CBuf batch_mea
       row_in(pdy + r * channels, gr, channels);
       if (pyr == nullptr) return;
       row_in(pyr + r * channels, mask, channels);
-      for (std::int64_t c = 0; c < channels; ++c) gr[c] *= mask[c] > A(0) ? A(1) : A(0);
+      for (std::int64_t c = 0; c < channels; ++c) gr[c] *= relu_passes(mask[c]) ? A(1) : A(0);
     };
     const std::vector<double> inv = read_channels<double>(batch_invstd, channels);
     // [sum dy | sum dy * xhat], in one pass.

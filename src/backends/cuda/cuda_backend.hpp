@@ -175,6 +175,10 @@ class CudaBackend final : public Backend {
   // Grows the convolution workspace to at least `bytes` (outside a capture only; captured steps
   // that referenced the old one are dropped and captured again on their next run).
   void reserve_conv_workspace(std::size_t bytes);
+  // Writes n values of a fixed pseudo-random pattern in [-1, 1) (cuda_elementwise.cu), also while
+  // planning: the inputs of cuDNN's algorithm searches, which run before any step has written
+  // the real buffers.
+  void fill_search_data(Buf x, std::int64_t n);
   // cudaMalloc with the bookkeeping of alloc(), allowed while a step is planned.
   void* allocate(std::size_t bytes);
   // Resident blocks per SM of a kernel launched with `threads` threads a block (0 when none

@@ -16,6 +16,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "backends/cuda/cuda_backend.hpp"
 #include "backends/cuda/cuda_check.hpp"
@@ -106,8 +107,10 @@ class Scratch {
     MIXTRAIN_CUDA_CHECK(cudaMalloc(&ptr_, std::max<std::size_t>(bytes, kAlign)));
   }
   ~Scratch() { (void)cudaFree(ptr_); }
+  Scratch(Scratch&& other) noexcept : ptr_(std::exchange(other.ptr_, nullptr)) {}
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
+  Scratch& operator=(Scratch&&) = delete;
   void* get() const { return ptr_; }
 
  private:
@@ -155,7 +158,10 @@ ConvAlgo pick(const Perf* perf, int returned, const ConvPlan& p, std::size_t wor
 
 // Times cuDNN's candidates of one direction: `find(out, &returned, perf, workspace, bytes)` runs
 // its cudnnFind*AlgorithmEx on a scratch output of out_bytes and a scratch workspace of what the
-// device can spare; pick() chooses among the results.
+// device can spare; pick() chooses among the results. The caller hands find scratch inputs filled
+// by fill_search_data (SearchInputs), not the step's buffers: the search runs while the plan is
+// built, before anything wrote them, and cuDNN's kernels would read uninitialised memory
+// (compute-sanitizer's initcheck reported it) and be timed on whatever it held.
 template <typename Perf, int kCount, typename Find>
 ConvAlgo search(const ConvPlan& p, std::size_t out_bytes, const char* direction, const ConvDesc& d,
                 Find&& find) {
@@ -168,6 +174,20 @@ ConvAlgo search(const ConvPlan& p, std::size_t out_bytes, const char* direction,
   MIXTRAIN_CUDNN_CHECK(cudnnSetConvolutionMathType(p.conv, p.requested_math));
   find(out.get(), &returned, perf, workspace.get(), limit);
   return pick(perf, returned, p, limit, direction, d);
+}
+
+// The two operands a search reads, in scratch memory that `fill(buf, count)` writes.
+struct SearchInputs {
+  Scratch a, b;
+};
+
+template <typename Fill>
+SearchInputs search_inputs(std::size_t a_bytes, std::size_t b_bytes, DType t, Fill&& fill) {
+  SearchInputs in{Scratch(a_bytes), Scratch(b_bytes)};
+  const auto es = dtype_size(t);
+  fill(Buf{in.a.get(), t}, static_cast<std::int64_t>(a_bytes / es));
+  fill(Buf{in.b.get(), t}, static_cast<std::int64_t>(b_bytes / es));
+  return in;
 }
 
 enum Direction : int { kForward, kBackwardData, kBackwardFilter };
@@ -312,13 +332,15 @@ void CudaBackend::conv2d_forward(const ConvDesc& d, CBuf x, CBuf w, CBuf bias, B
   require_same(x.dtype, w.dtype, "conv2d");
   require_same(x.dtype, y.dtype, "conv2d");
   ConvPlan& p = conv_plan(d, x.dtype);
+  const auto search_fill = [this](Buf b, std::int64_t n) { fill_search_data(b, n); };
   choose(p.forward, device_, kForward, p.key, capturing_, [&] {
+    const SearchInputs in = search_inputs(p.x_bytes, p.w_bytes, x.dtype, search_fill);
     return search<cudnnConvolutionFwdAlgoPerf_t, CUDNN_CONVOLUTION_FWD_ALGO_COUNT>(
         p, p.y_bytes, "forward", d,
         [&](void* out, int* returned, auto* perf, void* ws, auto ws_bytes) {
           MIXTRAIN_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
-              dnn_, p.x, x.ptr, p.w, w.ptr, p.conv, p.y, out, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
-              returned, perf, ws, ws_bytes));
+              dnn_, p.x, in.a.get(), p.w, in.b.get(), p.conv, p.y, out,
+              CUDNN_CONVOLUTION_FWD_ALGO_COUNT, returned, perf, ws, ws_bytes));
         });
   });
   reserve_conv_workspace(p.forward.workspace);
@@ -346,12 +368,14 @@ void CudaBackend::conv2d_backward_data(const ConvDesc& d, CBuf dy, CBuf w, Buf d
   require_same(dy.dtype, w.dtype, "conv2d backward");
   require_same(dy.dtype, dx.dtype, "conv2d backward");
   ConvPlan& p = conv_plan(d, dy.dtype);
+  const auto search_fill = [this](Buf b, std::int64_t n) { fill_search_data(b, n); };
   choose(p.backward_data, device_, kBackwardData, p.key, capturing_, [&] {
+    const SearchInputs in = search_inputs(p.w_bytes, p.y_bytes, dy.dtype, search_fill);
     return search<cudnnConvolutionBwdDataAlgoPerf_t, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT>(
         p, p.x_bytes, "backward-data", d,
         [&](void* out, int* returned, auto* perf, void* ws, auto ws_bytes) {
           MIXTRAIN_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
-              dnn_, p.w, w.ptr, p.y, dy.ptr, p.conv, p.x, out,
+              dnn_, p.w, in.a.get(), p.y, in.b.get(), p.conv, p.x, out,
               CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, returned, perf, ws, ws_bytes));
         });
   });
@@ -374,12 +398,14 @@ void CudaBackend::conv2d_backward_filter(const ConvDesc& d, CBuf x, CBuf dy, Buf
   }
   ConvPlan& p = conv_plan(d, x.dtype);
   const bool widen = dw.dtype != x.dtype;  // cuDNN writes dw in the tensor dtype
+  const auto search_fill = [this](Buf b, std::int64_t n) { fill_search_data(b, n); };
   choose(p.backward_filter, device_, kBackwardFilter, p.key, capturing_, [&] {
+    const SearchInputs in = search_inputs(p.x_bytes, p.y_bytes, x.dtype, search_fill);
     return search<cudnnConvolutionBwdFilterAlgoPerf_t, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT>(
         p, p.w_bytes, "backward-filter", d,
         [&](void* out, int* returned, auto* perf, void* ws, auto ws_bytes) {
           MIXTRAIN_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
-              dnn_, p.x, x.ptr, p.y, dy.ptr, p.conv, p.w, out,
+              dnn_, p.x, in.a.get(), p.y, in.b.get(), p.conv, p.w, out,
               CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, returned, perf, ws, ws_bytes));
         });
   });

@@ -103,6 +103,13 @@ struct FillOp {
   float value;
   __device__ float operator()(std::int64_t) const { return value; }
 };
+// Uniform values in [-1, 1) from a hash of the index: data for timing cuDNN's candidate algorithms
+// (never zeros, which can run faster than real data).
+struct SearchDataOp {
+  __device__ float operator()(std::int64_t i) const {
+    return 2.0f * counter_uniform_keyed(0x5EA7C4DA7Aull, static_cast<std::uint64_t>(i)) - 1.0f;
+  }
+};
 struct CopyOp {
   __device__ float operator()(std::int64_t, float x) const { return x; }
 };
@@ -184,6 +191,13 @@ __global__ void epilogue_kernel(TC* c, std::int64_t m, std::int64_t n, std::int6
 }
 
 }  // namespace
+
+void CudaBackend::fill_search_data(Buf x, std::int64_t n) {
+  dispatch_float(x.dtype, "fill_search_data", [&](auto t) {
+    using T = decltype(t);
+    launch_map(stream_, grid_for(n, kThreads), SearchDataOp{}, static_cast<T*>(x.ptr), false, n);
+  });
+}
 
 void CudaBackend::fill(Buf x, std::int64_t n, float value) {
   if (x.dtype == DType::I32) {

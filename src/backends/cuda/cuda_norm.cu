@@ -29,6 +29,7 @@
 #include "backends/cuda/cuda_backend.hpp"
 #include "backends/cuda/cuda_check.hpp"
 #include "backends/cuda/cuda_common.cuh"
+#include "ops/activation_math.hpp"
 
 namespace mixtrain::cuda {
 
@@ -333,7 +334,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 #pragma unroll
           for (int j = 0; j < V; ++j) {
             o[j] = (o[j] - m[j]) * s[j] + b[j];
-            if constexpr (kRelu) o[j] = o[j] > 0.0f ? o[j] : 0.0f;  // the fused ReLU
+            if constexpr (kRelu) o[j] = relu_passes(o[j]) ? o[j] : 0.0f;  // the fused ReLU
           }
           store_pack<V>(y + (r + u * step) * channels + cv * V, o);
         }
@@ -342,14 +343,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   }
 }
 
-// g *= [y > 0]: the fused ReLU's backward, as ReLU's own backward computes it (a product, so a
-// non-finite gradient where y <= 0 stays non-finite, exactly as unfused).
+// g *= [relu_passes(y)]: the fused ReLU's backward, as ReLU's own backward computes it (a product,
+// so a non-finite gradient where y <= 0 stays non-finite, exactly as unfused).
 template <int V, typename T>
 __device__ __forceinline__ void mask_by_relu(const Pack<T, V>& y, float (&g)[V]) {
   float yv[V];
   unpack(y, yv);
 #pragma unroll
-  for (int j = 0; j < V; ++j) g[j] *= yv[j] > 0.0f ? 1.0f : 0.0f;
+  for (int j = 0; j < V; ++j) g[j] *= relu_passes(yv[j]) ? 1.0f : 0.0f;
 }
 
 // dbeta = sum dy and dgamma = sum dy * xhat per channel, xhat = (x - mean) * invstd (the same
