@@ -14,11 +14,17 @@ endif()
 # (libopenblas0-openmp) is preferred: it shares one thread pool with our OpenMP kernels, where
 # the pthreads build and OpenMP would fight over the cores.
 find_path(OPENBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas REQUIRED)
+# The installed mixtrainConfig.cmake searches the same folders (cmake/mixtrainConfig.cmake.in).
+set(MIXTRAIN_OPENBLAS_OPENMP_DIRS
+  /usr/lib/x86_64-linux-gnu/openblas-openmp /usr/lib/aarch64-linux-gnu/openblas-openmp)
 find_library(OPENBLAS_LIBRARY NAMES openblas libopenblas.so.0
-  PATHS /usr/lib/x86_64-linux-gnu/openblas-openmp /usr/lib/aarch64-linux-gnu/openblas-openmp
+  PATHS ${MIXTRAIN_OPENBLAS_OPENMP_DIRS}
   NO_DEFAULT_PATH)
 if(NOT OPENBLAS_LIBRARY)
   find_library(OPENBLAS_LIBRARY NAMES openblas REQUIRED)
+  message(WARNING "mixtrain: no OpenMP OpenBLAS (Debian: libopenblas0-openmp) in "
+    "${MIXTRAIN_OPENBLAS_OPENMP_DIRS}; using ${OPENBLAS_LIBRARY}, which may be the pthreads "
+    "build (training about 4x slower; the installed mixtrainConfig.cmake refuses that one)")
 endif()
 message(STATUS "mixtrain: OpenBLAS ${OPENBLAS_LIBRARY}")
 add_library(mixtrain_openblas INTERFACE)
