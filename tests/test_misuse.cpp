@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "error_message.hpp"
 #include "mixtrain/mixtrain.hpp"
 
 namespace mixtrain {
@@ -29,15 +30,6 @@ Model small() {
 const std::vector<float> kX = {0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f,
                                0.7f, 0.8f, 0.9f, 1.0f, 1.1f, 1.2f};
 const std::vector<std::int32_t> kY = {0, 1, 0, 1};
-
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(Misuse, StepResultOutlivingItsTrainerThrows) {
   std::optional<StepResult> r;

@@ -6,19 +6,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "error_message.hpp"
 #include "mixtrain/mixtrain.hpp"
 
 namespace mixtrain {
 namespace {
-
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(Model, InfersShapesAndCountsParameters) {
   const Model m = ModelBuilder({64, 784})
