@@ -4,7 +4,7 @@
 Builds the same models, trains them the same way (Adam lr 1e-3 betas 0.9/0.999 eps 1e-8, fused;
 sparse softmax cross-entropy; random inputs generated once on the device, rotating among 4
 batches; GradScaler with initial scale 65536 for FP16) and times them with CUDA events after a
-warm-up: eager and torch.compile, FP32 (strict, no TF32), TF32, AMP FP16 and AMP BF16.
+warm-up: eager, torch.compile and torch.compile(mode="reduce-overhead") (CUDA graphs), FP32 (strict, no TF32), TF32, AMP FP16 and AMP BF16.
 
 Usage: python3 bench/pytorch_reference.py [--workloads small_mlp,large_mlp] [--steps 200]
                                           [--json out.json]
@@ -121,7 +121,7 @@ def make(name, batch, device):
     return model.to(device), xs, ys
 
 
-def run(name, precision, compiled, steps, warmup, device):
+def run(name, precision, variant, steps, warmup, device):
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
     torch.backends.cudnn.benchmark = True  # cuDNN's autotuner, as tuned CNN training uses it
@@ -137,9 +137,18 @@ def run(name, precision, compiled, steps, warmup, device):
             out = model(x)
             return F.cross_entropy(out.float().view(-1, out.shape[-1]), y.view(-1))
 
-    fwd = torch.compile(loss_fn) if compiled else loss_fn
+    if variant == "eager":
+        fwd = loss_fn
+    elif variant == "compile":
+        fwd = torch.compile(loss_fn)
+    elif variant == "reduce-overhead":  # torch.compile with CUDA graphs
+        fwd = torch.compile(loss_fn, mode="reduce-overhead")
+    else:
+        raise ValueError(f"unknown variant {variant}")
 
     def step(i):
+        if variant == "reduce-overhead":  # a new iteration: earlier graph outputs may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         opt.zero_grad(set_to_none=True)
         loss = fwd(xs[i % 4], ys[i % 4])
         scaler.scale(loss).backward()
@@ -171,7 +180,7 @@ def run(name, precision, compiled, steps, warmup, device):
         ys[i % 4].copy_(host_y[i % 4], non_blocking=True)
         step(i).item()
     e2e_ms = (time.perf_counter() - t0) * 1e3 / e2e_steps
-    return dict(workload=name, precision=precision, variant="compile" if compiled else "eager",
+    return dict(workload=name, precision=precision, variant=variant,
                 batch=batch, step_ms=ms, samples_per_s=batch / ms * 1e3,
                 e2e_step_ms=e2e_ms, e2e_samples_per_s=batch / e2e_ms * 1e3,
                 peak_mem_mb=torch.cuda.max_memory_allocated() / 2**20)
@@ -181,7 +190,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--workloads", default="small_mlp,large_mlp")
     ap.add_argument("--precisions", default="fp32,tf32,fp16,bf16")
-    ap.add_argument("--variants", default="eager,compile")
+    ap.add_argument("--variants", default="eager,compile,reduce-overhead")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--json")
@@ -194,7 +203,7 @@ def main():
         for precision in a.precisions.split(","):
             for variant in a.variants.split(","):
                 try:
-                    r = run(name, precision, variant == "compile", a.steps, a.warmup, device)
+                    r = run(name, precision, variant, a.steps, a.warmup, device)
                 except Exception as e:  # a failed variant must not hide the others
                     print(f"{name} {precision} {variant}: failed: {e}", file=sys.stderr, flush=True)
                     continue

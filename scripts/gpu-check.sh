@@ -5,7 +5,7 @@
 # side by side, writing every log and JSON file into an output folder.
 # Usage: scripts/gpu-check.sh [out-dir]   (default: $OUT, else ./out)
 # The build folder is $MIXTRAIN_BUILD_DIR, else build-cuda (configure it with -DMIXTRAIN_CUDA=ON).
-# MIXTRAIN_BENCH=0 skips the benchmarks; MIXTRAIN_TORCH_VARIANTS (default eager,compile) picks the
+# MIXTRAIN_BENCH=0 skips the benchmarks; MIXTRAIN_TORCH_VARIANTS (default eager,compile,reduce-overhead) picks the
 # PyTorch variants (eager alone is minutes faster), MIXTRAIN_WORKLOADS (default
 # small_mlp,large_mlp,resnet18_cifar) the workloads and MIXTRAIN_TORCH_PRECISIONS (default
 # fp32,tf32,fp16,bf16) PyTorch's precisions. The exit status is the tests', else the
@@ -97,7 +97,7 @@ if [ "${MIXTRAIN_BENCH:-1}" != 0 ]; then
   section "PyTorch reference" | tee -a "$out/bench.log"
   if python3 -c 'import torch' 2>/dev/null; then
     python3 bench/pytorch_reference.py --workloads "$workloads" \
-      --precisions "${MIXTRAIN_TORCH_PRECISIONS:-fp32,tf32,fp16,bf16}" --variants "${MIXTRAIN_TORCH_VARIANTS:-eager,compile}" --json "$out/torch_bench.json" \
+      --precisions "${MIXTRAIN_TORCH_PRECISIONS:-fp32,tf32,fp16,bf16}" --variants "${MIXTRAIN_TORCH_VARIANTS:-eager,compile,reduce-overhead}" --json "$out/torch_bench.json" \
       2>&1 | tee -a "$out/bench.log"
   else
     echo "python3 cannot import torch: no PyTorch figures" | tee -a "$out/bench.log"

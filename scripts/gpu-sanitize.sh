@@ -26,7 +26,7 @@ fi
 declare -A extra=(
   [memcheck]="--leak-check full"
   # Reads of device memory no kernel or copy wrote (cudaMalloc'ed, never initialised).
-  [initcheck]="--track-unused-memory no"
+  [initcheck]=""
   [racecheck]="--racecheck-report all"
 )
 pids=()

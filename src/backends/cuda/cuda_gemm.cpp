@@ -115,9 +115,7 @@ struct Fusion {
 };
 
 cublasLtEpilogue_t epilogue_of(const GemmDesc& d, const Fusion& f) {
-  if (f.act) {
-    if (d.epilogue == Activation::ReLU)
-      return f.bias ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
+  if (f.act) {  // GELU: candidates() fuses no other activation
     if (d.aux) return f.bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
     return f.bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU;
   }
@@ -131,8 +129,10 @@ cublasLtEpilogue_t epilogue_of(const GemmDesc& d, const Fusion& f) {
 
 // The fusions to try, most fused first; the last fuses nothing and always exists.
 // - The bias epilogue takes a bias of C's type only.
-// - ReLU needs no aux (the backward pass reads C); with an aux it is applied apart, after the
-//   product is written to aux.
+// - ReLU is never fused: cuBLASLt's RELU epilogues map NaN to 0 (seen on an H100 with cuBLASLt
+//   13.1 for fp16 and bf16 outputs; the documentation says max(x, 0) and promises nothing about
+//   NaN), which would hide a NaN weight behind a ReLU. It runs apart, in place on C, through
+//   activation_value (ops/activation_math.hpp), which propagates NaN as PyTorch's relu does.
 // - cuBLASLt's GELU may evaluate tanh with a fast approximation: it is fused only for fp16/bf16
 //   outputs, whose rounding (2^-11, 2^-8 relative) is at least that error; an fp32 output gets
 //   the exact tanhf of the activation kernels. Its aux needs a leading dimension divisible by 8.
@@ -142,9 +142,8 @@ cublasLtEpilogue_t epilogue_of(const GemmDesc& d, const Fusion& f) {
 std::vector<Fusion> candidates(const GemmDesc& d, bool fused_epilogues) {
   Fusion full;
   full.bias = d.bias && d.bias.dtype == d.c.dtype;
-  full.act = fused_epilogues && ((d.epilogue == Activation::ReLU && !d.aux) ||
-                                 (d.epilogue == Activation::GELUTanh && d.c.dtype != DType::F32 &&
-                                  (!d.aux || d.ldc % 8 == 0)));
+  full.act = fused_epilogues && d.epilogue == Activation::GELUTanh && d.c.dtype != DType::F32 &&
+             (!d.aux || d.ldc % 8 == 0);
   full.bgrad = fused_epilogues && d.bias_grad && !d.bias && d.epilogue == Activation::Identity &&
                d.alpha == 1.0f && d.beta == 0.0f && d.bias_grad.dtype == DType::F32;
   std::vector<Fusion> out{full};
