@@ -336,6 +336,29 @@ TEST_F(CsvReaderTest, ForcedNoHeaderRejectsTextFirstRow) {
   expect_contains(error("x,y,z\n1,2,0\n", options), {"data.csv:1:1: 'x' is not a number"});
 }
 
+// A typo in the first data row must not turn it into a header that is silently dropped.
+TEST_F(CsvReaderTest, FirstRowWithATypoIsAnErrorNotAHeader) {
+  expect_contains(error("1,2x,0\n3,4,1\n5,6,0\n"),
+                  {"data.csv:1:2: '2x' is not a number", "2 of the 3 cells of the first row"});
+  // The label column, and an empty cell, too; blank lines before it do not count as the first.
+  expect_contains(error("\n1,2,O\n3,4,1\n"), {"data.csv:2:3: 'O' is not a number"});
+  expect_contains(error("1,,0\n3,4,1\n"), {"data.csv:1:2: an empty field is not a number"});
+}
+
+TEST_F(CsvReaderTest, HeaderIsARowWithoutNumbers) {
+  // Empty cells are not numbers: a header may leave a column unnamed (pandas' index column).
+  const Dataset d = read(",x,label\n7,1,0\n8,2,1\n");
+  EXPECT_EQ(d.size(), 2u);
+  EXPECT_EQ(d.features, (std::vector<float>{7, 1, 8, 2}));
+  // A numeric column name makes the first row ambiguous: an error, unless has_header says.
+  expect_contains(error("x,2020,label\n1,2,0\n"), {"data.csv:1:1: 'x' is not a number"});
+  CsvOptions header;
+  header.has_header = true;
+  EXPECT_EQ(read("x,2020,label\n1,2,0\n", header).size(), 1u);
+  // NaN and infinity are numbers to the rule, so such a first row is data and rejected as data.
+  expect_contains(error("1,nan,0\n"), {"data.csv:1:2", "not a finite number"});
+}
+
 TEST_F(CsvReaderTest, LabelColumnByIndexAndNegativeIndex) {
   CsvOptions first;
   first.label_column = 0;
