@@ -76,6 +76,7 @@ std::shared_ptr<Graph> build(const ModelSpec& spec) {
     node.buffers = node.layer->buffers(in_shapes, g->max_batch);
     for (const ParamDecl& p : node.params) g->parameter_count += numel(p.shape);
     node.layer->bind_shapes(std::move(in_shapes), node.shape);
+    node.spec_layer = g->nodes.size();  // one node per spec layer until fusion
     index[ls.name] = static_cast<int>(g->nodes.size());
     g->nodes.push_back(std::move(node));
   }
