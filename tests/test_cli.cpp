@@ -218,6 +218,27 @@ TEST_F(Cli, CorruptWeightsAreAnErrorNotACrash) {
   EXPECT_NE(r.err.find("not a mixtrain weights file"), std::string::npos) << r.err;
 }
 
+// Weights of another architecture: an error that names the weights file and the first layer
+// that differs, whether or not the parameter count happens to match (4 -> 3 -> 29 has the 131
+// parameters of spec.json's 4 -> 16 -> 3).
+TEST_F(Cli, EvalWithWeightsOfAnotherArchitectureNamesTheFile) {
+  ASSERT_EQ(run(csv_train("--epochs 1 --quiet --save-weights '" + path("w.bin") + "'")).code, 0);
+  ModelBuilder({8, 4}).dense(3).relu().dense(29).spec().save(path("same_count.json"));
+  ModelBuilder({8, 4}).dense(8).relu().dense(3).spec().save(path("other_count.json"));
+  for (const char* spec : {"same_count.json", "other_count.json"}) {
+    SCOPED_TRACE(spec);
+    const CliRun r = run("eval --dataset csv:'" + path("data.csv") + "' --model '" + path(spec) +
+                         "' --weights '" + path("w.bin") + "' --device cpu");
+    EXPECT_EQ(r.code, 2) << r.out << r.err;
+    EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
+    EXPECT_NE(r.err.find(path("w.bin") + ": the weights are for another architecture"),
+              std::string::npos)
+        << r.err;
+    EXPECT_NE(r.err.find("layer 'dense_1' (dense) parameter 'weight'"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("the file's [16, 4]"), std::string::npos) << r.err;
+  }
+}
+
 // A first data row with a typo is an error naming the file, line and column (not a header that
 // is dropped); --header decides when the first row is ambiguous.
 TEST_F(Cli, CsvFirstRowTypoIsAnErrorAndHeaderFlagDecides) {
