@@ -207,6 +207,34 @@ TEST_F(IdxReaderTest, CutGzipStream) {
   expect_contains(error_of([&] { read_idx(cut, labels); }), {"cut.gz", "truncated"});
 }
 
+// The reader inflates gzip data itself (from memory), with the semantics zlib's gzread had for
+// it: members that follow each other concatenate, bytes after the last member are ignored, and a
+// bad checksum is corrupt data.
+TEST_F(IdxReaderTest, GzipMembersTrailingBytesAndChecksum) {
+  const fs::path images = write_bytes("images", idx_images(3, 2, 3, kPixels));
+  const Bytes labels = idx_labels(kLabels);
+  const auto gzip_of = [&](const Bytes& payload) {
+    const fs::path tmp = write_bytes("member.gz", payload, /*gzip=*/true);
+    std::ifstream in(tmp, std::ios::binary);
+    return Bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  Bytes two = gzip_of(Bytes(labels.begin(), labels.begin() + 5));
+  const Bytes second = gzip_of(Bytes(labels.begin() + 5, labels.end()));
+  two.insert(two.end(), second.begin(), second.end());
+  EXPECT_EQ(read_idx(images, write_bytes("two.gz", two)).labels,
+            (std::vector<std::int32_t>{4, 0, 2}));
+
+  Bytes trailing = gzip_of(labels);
+  for (char c : std::string("not gzip")) trailing.push_back(static_cast<unsigned char>(c));
+  EXPECT_EQ(read_idx(images, write_bytes("trailing.gz", trailing)).labels,
+            (std::vector<std::int32_t>{4, 0, 2}));
+
+  Bytes bad_crc = gzip_of(labels);
+  bad_crc[bad_crc.size() - 8] ^= 1;  // the CRC-32 of the trailer
+  expect_contains(error_of([&] { read_idx(images, write_bytes("crc.gz", bad_crc)); }),
+                  {"crc.gz: corrupt gzip data"});
+}
+
 TEST_F(IdxReaderTest, TruncatedHeaderAndEmptyFile) {
   const fs::path labels = write_bytes("labels", idx_labels(kLabels));
   Bytes header = idx_images(3, 2, 3, {});

@@ -19,11 +19,13 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "data/readers.hpp"
 #include "mixtrain/data.hpp"
 #include "mixtrain/error.hpp"
 
@@ -93,8 +95,8 @@ std::string read_text(const fs::path& path) {
 
 class CsvParser {
  public:
-  CsvParser(const fs::path& path, const CsvOptions& options)
-      : name_(path.string()), options_(options) {
+  CsvParser(std::string name, const CsvOptions& options)
+      : name_(std::move(name)), options_(options) {
     const char d = options.delimiter;
     if (d == '"' || d == '\n' || d == '\r' || d == '\0') {
       throw ConfigError(fmt::format("{}: CSV delimiter {} is not allowed", name_, describe(d)));
@@ -311,9 +313,17 @@ class CsvParser {
 
 }  // namespace
 
+namespace detail {
+
+Dataset csv_from_text(std::string_view text, const std::string& name, const CsvOptions& options) {
+  return CsvParser(name, options).parse(text);
+}
+
+}  // namespace detail
+
 Dataset read_csv(const fs::path& path, const CsvOptions& options) {
   const std::string text = read_text(path);
-  return CsvParser(path, options).parse(text);
+  return detail::csv_from_text(text, path.string(), options);
 }
 
 }  // namespace mixtrain

@@ -69,17 +69,20 @@ void ModelSpec::save(const std::filesystem::path& path) const {
 }
 
 ModelSpec ModelSpec::load(const std::filesystem::path& path) {
-  const std::string text = read_file(path);
+  return parse(read_file(path), path.string());
+}
+
+ModelSpec ModelSpec::parse(std::string_view text, const std::string& source) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
-    throw ConfigError(path.string() + ": invalid JSON: " + e.what());
+    throw ConfigError(source + ": invalid JSON: " + e.what());
   }
   try {
     return from_json(j);
   } catch (const ConfigError& e) {
-    throw ConfigError(path.string() + ": " + e.what());
+    throw ConfigError(source + ": " + e.what());
   }
 }
 
