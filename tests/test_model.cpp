@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <string>
 
 #include "mixtrain/mixtrain.hpp"
 
@@ -97,6 +98,42 @@ TEST(Model, MalformedSpecsGiveClearErrors) {
   EXPECT_NE(attr.find("units"), std::string::npos) << attr;
   std::filesystem::remove(path);
   EXPECT_NE(message_of([&] { ModelSpec::load(path); }).find("cannot open"), std::string::npos);
+}
+
+// Found by tests/fuzz/fuzz_model_spec (corpus file crash-number-overflow.json): a number beyond
+// double's range made nlohmann throw out_of_range, which escaped ModelSpec::parse / load as an
+// exception that is not a mixtrain::Error.
+TEST(Model, NumberOverflowInSpecJsonIsAConfigError) {
+  const std::string text = R"({"input_shape":[4,8,8,3],"layers":[{"type":"batch_norm",)"
+                           R"("attrs":{"epsilon":9E999999747378752e-0       6}}]})";
+  try {
+    ModelSpec::parse(text, "spec.json");
+    ADD_FAILURE() << "did not throw";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("spec.json: invalid JSON"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("number overflow"), std::string::npos) << e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "not a ConfigError: " << e.what();
+  }
+  const auto path = std::filesystem::temp_directory_path() / "mixtrain_overflow_spec.json";
+  { std::ofstream(path) << text; }
+  EXPECT_THROW(ModelSpec::load(path), ConfigError);
+  std::filesystem::remove(path);
+}
+
+// A non-string "output" made nlohmann's json::value() throw type_error past from_json.
+TEST(Model, NonStringOutputIsAConfigError) {
+  const auto j = nlohmann::json::parse(
+      R"({"input_shape": [4, 3], "output": 5, "layers": [{"type": "relu"}]})");
+  try {
+    ModelSpec::from_json(j);
+    ADD_FAILURE() << "did not throw";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("field 'output' has the wrong type"), std::string::npos)
+        << e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "not a ConfigError: " << e.what();
+  }
 }
 
 TEST(Model, HandWrittenSpecsChainLayers) {

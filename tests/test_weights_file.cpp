@@ -326,6 +326,20 @@ TEST(WeightsFile, Version1FilesParseWithCountAndFiniteChecks) {
                   {"old.bin: value 12 is +infinity"});
 }
 
+// Found by tests/fuzz/fuzz_weights_file (corpus file crash-v1-no-values.bin): a file without
+// values passed a null pointer to memcpy (undefined behaviour even for 0 bytes; UBSan in the
+// fuzz build reports it, a plain build does not).
+TEST(WeightsFile, FilesWithoutValuesParse) {
+  const std::string v1("MXTWEI01\0\0\0\0\0\0\0\0", 16);
+  const WeightsFile f = parse_weights_file(v1, "empty.bin");
+  EXPECT_EQ(f.version, 1);
+  EXPECT_TRUE(f.values.empty());
+  const std::string v2 = serialize_weights_file({}, {});
+  EXPECT_TRUE(parse_weights_file(v2, "empty.bin").values.empty());
+  const WeightsArchitecture none;
+  EXPECT_TRUE(parse_weights_file(v1, "empty.bin", &none).values.empty());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Through the trainer
 

@@ -39,7 +39,8 @@ ModelSpec ModelSpec::from_json(const nlohmann::json& j) {
   if (!j.is_object()) throw ConfigError("model spec: expected a JSON object");
   ModelSpec spec;
   spec.input_shape = field<Shape>(j, "input_shape", "model spec");
-  spec.output = j.value("output", std::string());
+  // (j.value() would throw nlohmann's type_error for a non-string.)
+  if (j.contains("output")) spec.output = field<std::string>(j, "output", "model spec");
   const auto layers = field<nlohmann::json>(j, "layers", "model spec");
   if (!layers.is_array()) throw ConfigError("model spec: 'layers' must be an array");
   std::string previous = "input";
@@ -76,7 +77,7 @@ ModelSpec ModelSpec::parse(std::string_view text, const std::string& source) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error; out_of_range for 1e999
     throw ConfigError(source + ": invalid JSON: " + e.what());
   }
   try {

@@ -38,6 +38,7 @@ void append_le64(std::string& out, std::uint64_t v) {
 void append_floats_le(std::string& out, const std::vector<float>& values) {
   const std::size_t start = out.size();
   out.resize(start + values.size() * 4);
+  if (values.empty()) return;  // memcpy's pointers must not be null, even for 0 bytes
   if constexpr (std::endian::native == std::endian::little) {
     std::memcpy(out.data() + start, values.data(), values.size() * 4);
   } else {
@@ -52,6 +53,7 @@ void append_floats_le(std::string& out, const std::vector<float>& values) {
 
 std::vector<float> read_floats_le(std::string_view bytes) {
   std::vector<float> out(bytes.size() / 4);
+  if (out.empty()) return out;  // memcpy's pointers must not be null, even for 0 bytes
   if constexpr (std::endian::native == std::endian::little) {
     std::memcpy(out.data(), bytes.data(), out.size() * 4);
   } else {
