@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "mixtrain/mixtrain.hpp"
 
@@ -134,6 +135,60 @@ TEST(Model, NonStringOutputIsAConfigError) {
   } catch (const std::exception& e) {
     ADD_FAILURE() << "not a ConfigError: " << e.what();
   }
+}
+
+// Run through tests/fuzz/fuzz_model_spec (UBSan), these specs overflowed 64-bit shape arithmetic
+// (numel, a reshape's product, conv's fan-in) or cast an out-of-range float to an integer, and
+// in a plain build some compiled into models with wrapped sizes. Each is now an error.
+TEST(Model, HugeShapesAndAttributesAreErrorsNotOverflow) {
+  struct Case {
+    std::string json;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {R"({"input_shape":[4,16],"layers":[{"type":"dense","attrs":{"units":4611686018427387904}}]})",
+       "layer 'dense_1': attribute 'units' is out of range (at most 2^31 - 1)"},
+      {R"({"input_shape":[4,16],"layers":[{"type":"dense","attrs":{"units":1e30}}]})",
+       "attribute 'units' must be an integer of magnitude at most 2^31 - 1"},
+      {R"({"input_shape":[4,16],"layers":[{"type":"dense","attrs":{"units":2.5}}]})",
+       "attribute 'units' must be an integer"},
+      {R"({"input_shape":[4,16],"layers":[{"type":"dense","attrs":{"units":-4611686018427387904}}]})",
+       "attribute 'units' is out of range"},
+      {R"({"input_shape":[4611686018427387904,16,4611686018427387904],"layers":[{"type":"flatten"}]})",
+       "model input shape [4611686018427387904, 16, 4611686018427387904] has more elements than "
+       "64 bits can count"},
+      {R"({"input_shape":[1048576,1048576,2],"layers":[{"type":"flatten"}]})",
+       "model input shape [1048576, 1048576, 2] holds more than 2^40 elements"},
+      {R"({"input_shape":[1024,1024],"layers":[{"type":"dense","attrs":{"units":2147483647}}]})",
+       "layer 'dense_1' (dense): output [2147483647] for a batch of 1024 holds more than 2^40"},
+      {R"({"input_shape":[1,1048576],"layers":[{"type":"dense","attrs":{"units":2097152}}]})",
+       "layer 'dense_1' (dense): parameter 'weight' [2097152, 1048576] holds more than 2^40"},
+      {R"({"input_shape":[2,8],"layers":[{"type":"reshape","attrs":{"shape":)"
+       R"([2147483647,2147483647,2147483647,-1]}}]})",
+       "layer 'reshape_1' (reshape): target shape [2147483647, 2147483647, 2147483647, -1] has "
+       "more elements than 64 bits can count"},
+      {R"({"input_shape":[2,8,8,3],"layers":[{"type":"conv2d","attrs":{"filters":4,)"
+       R"("kernel":2147483648}}]})",
+       "layer 'conv2d_1': attribute 'kernel' is out of range"},
+      {R"({"input_shape":[1,1,1,1048576],"layers":[{"type":"conv2d","attrs":{"filters":)"
+       R"(2147483647,"kernel":1,"padding":[2147483647,2147483647]}}]})",
+       "layer 'conv2d_1' (conv2d): "},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.json);
+    try {
+      compile(ModelSpec::parse(c.json, "spec.json"));
+      ADD_FAILURE() << "compiled";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(c.message), std::string::npos) << e.what();
+    }
+  }
+  // A float that is an integer is that integer.
+  EXPECT_EQ(
+      compile(ModelSpec::parse(
+                  R"({"input_shape":[4,16],"layers":[{"type":"dense","attrs":{"units":8.0}}]})"))
+          .output_shape(),
+      (Shape{4, 8}));
 }
 
 TEST(Model, HandWrittenSpecsChainLayers) {
