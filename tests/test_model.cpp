@@ -137,6 +137,30 @@ TEST(Model, NonStringOutputIsAConfigError) {
   }
 }
 
+// Found by fuzz_model_spec (corpus file crash-input-shape-float.json): an input dimension beyond
+// int64, which nlohmann reads as a float, was cast to int64 (undefined behaviour; in a plain
+// build the spec was then rejected for a wrapped dimension, or not at all for other values).
+TEST(Model, InputShapeMustHoldIntegers) {
+  for (const char* shape : {"[44112860184666666666666666627387904,1904]", "[4,2.5]",
+                            "[4,18446744073709551615]", "[4,\"8\"]", "4"}) {
+    SCOPED_TRACE(shape);
+    const std::string text =
+        std::string(R"({"input_shape":)") + shape + R"(,"layers":[{"type":"flatten"}]})";
+    try {
+      ModelSpec::parse(text, "spec.json");
+      ADD_FAILURE() << "parsed";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("spec.json: model spec: "), std::string::npos)
+          << e.what();
+      EXPECT_NE(std::string(e.what()).find("input_shape"), std::string::npos) << e.what();
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "not a ConfigError: " << e.what();
+    }
+  }
+  EXPECT_EQ(ModelSpec::parse(R"({"input_shape":[4.0,8],"layers":[{"type":"relu"}]})").input_shape,
+            (Shape{4, 8}));
+}
+
 // Run through tests/fuzz/fuzz_model_spec (UBSan), these specs overflowed 64-bit shape arithmetic
 // (numel, a reshape's product, conv's fan-in) or cast an out-of-range float to an integer, and
 // in a plain build some compiled into models with wrapped sizes. Each is now an error.
