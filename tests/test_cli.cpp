@@ -220,6 +220,51 @@ TEST_F(Cli, CorruptWeightsAreAnErrorNotACrash) {
   EXPECT_NE(r.err.find("not a mixtrain weights file"), std::string::npos) << r.err;
 }
 
+// Weights of another architecture: an error that names the weights file and the first layer
+// that differs, whether or not the parameter count happens to match (4 -> 3 -> 29 has the 131
+// parameters of spec.json's 4 -> 16 -> 3).
+TEST_F(Cli, EvalWithWeightsOfAnotherArchitectureNamesTheFile) {
+  ASSERT_EQ(run(csv_train("--epochs 1 --quiet --save-weights '" + path("w.bin") + "'")).code, 0);
+  ModelBuilder({8, 4}).dense(3).relu().dense(29).spec().save(path("same_count.json"));
+  ModelBuilder({8, 4}).dense(8).relu().dense(3).spec().save(path("other_count.json"));
+  for (const char* spec : {"same_count.json", "other_count.json"}) {
+    SCOPED_TRACE(spec);
+    const CliRun r = run("eval --dataset csv:'" + path("data.csv") + "' --model '" + path(spec) +
+                         "' --weights '" + path("w.bin") + "' --device cpu");
+    EXPECT_EQ(r.code, 2) << r.out << r.err;
+    EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
+    EXPECT_NE(r.err.find(path("w.bin") + ": the weights are for another architecture"),
+              std::string::npos)
+        << r.err;
+    EXPECT_NE(r.err.find("layer 'dense_1' (dense) parameter 'weight'"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("the file's [16, 4]"), std::string::npos) << r.err;
+  }
+}
+
+// A first data row with a typo is an error naming the file, line and column (not a header that
+// is dropped); --header decides when the first row is ambiguous.
+TEST_F(Cli, CsvFirstRowTypoIsAnErrorAndHeaderFlagDecides) {
+  std::ofstream(path("typo.csv")) << "0.5,0.25,O.5,0.125,1\n0.1,0.2,0.3,0.4,2\n";
+  const CliRun r = run("train --dataset csv:'" + path("typo.csv") + "' --model '" +
+                       path("spec.json") + "' --device cpu --epochs 1 --quiet");
+  EXPECT_EQ(r.code, 2) << r.out << r.err;
+  EXPECT_NE(r.err.find("typo.csv:1:3: 'O.5' is not a number"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--header"), std::string::npos) << r.err;
+
+  // A header with a numeric column name is ambiguous too; --header yes reads the file.
+  std::string text = slurp(path("data.csv"));
+  text.replace(0, text.find('\n'), "f0,2020,f2,f3,label");
+  std::ofstream(path("numeric_header.csv")) << text;
+  const std::string train = "train --dataset csv:'" + path("numeric_header.csv") + "' --model '" +
+                            path("spec.json") + "' --device cpu --epochs 1 --quiet";
+  EXPECT_EQ(run(train).code, 2);
+  const CliRun ok = run(train + " --header yes");
+  EXPECT_EQ(ok.code, 0) << ok.err;
+  EXPECT_NE(run(train + " --header no").err.find("numeric_header.csv:1:1: 'f0' is not a number"),
+            std::string::npos);
+  EXPECT_EQ(run(train + " --header maybe").code, 2);
+}
+
 TEST_F(Cli, CompareTabulatesEveryPrecision) {
   const CliRun r =
       run("compare --dataset csv:'" + path("data.csv") + "' --model '" + path("spec.json") +
@@ -307,30 +352,18 @@ std::string description_of(const std::string& help, const std::string& flag) {
 
 TEST_F(Cli, EverySubcommandExplainsItsFlags) {
   const std::vector<std::pair<std::string, std::vector<std::string>>> expected = {
-      {"train",
-       {"--dataset",
-        "--data-dir",
-        "--label-column",
-        "--test-fraction",
-        "--normalize",
-        "--model",
-        "--precision",
-        "--optimizer",
-        "--lr",
-        "--weight-decay",
-        "--epochs",
-        "--batch-size",
-        "--seed",
-        "--device",
-        "--loss-scale",
-        "--initial-scale",
-        "--growth-interval",
-        "--clip-grad-norm",
-        "--save-weights",
-        "--save-spec",
-        "--history",
-        "--progress-every",
-        "--quiet"}},
+      {"train", {"--dataset",        "--data-dir",
+                 "--label-column",   "--header",
+                 "--test-fraction",  "--normalize",
+                 "--model",          "--precision",
+                 "--optimizer",      "--lr",
+                 "--weight-decay",   "--epochs",
+                 "--batch-size",     "--seed",
+                 "--device",         "--loss-scale",
+                 "--initial-scale",  "--growth-interval",
+                 "--clip-grad-norm", "--save-weights",
+                 "--save-spec",      "--history",
+                 "--progress-every", "--quiet"}},
       {"compare",
        {"--dataset", "--model", "--epochs", "--seed", "--precisions", "--batch-size", "--lr",
         "--device", "--quiet"}},

@@ -207,6 +207,34 @@ TEST_F(IdxReaderTest, CutGzipStream) {
   expect_contains(error_of([&] { read_idx(cut, labels); }), {"cut.gz", "truncated"});
 }
 
+// The reader inflates gzip data itself (from memory), with the semantics zlib's gzread had for
+// it: members that follow each other concatenate, bytes after the last member are ignored, and a
+// bad checksum is corrupt data.
+TEST_F(IdxReaderTest, GzipMembersTrailingBytesAndChecksum) {
+  const fs::path images = write_bytes("images", idx_images(3, 2, 3, kPixels));
+  const Bytes labels = idx_labels(kLabels);
+  const auto gzip_of = [&](const Bytes& payload) {
+    const fs::path tmp = write_bytes("member.gz", payload, /*gzip=*/true);
+    std::ifstream in(tmp, std::ios::binary);
+    return Bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  Bytes two = gzip_of(Bytes(labels.begin(), labels.begin() + 5));
+  const Bytes second = gzip_of(Bytes(labels.begin() + 5, labels.end()));
+  two.insert(two.end(), second.begin(), second.end());
+  EXPECT_EQ(read_idx(images, write_bytes("two.gz", two)).labels,
+            (std::vector<std::int32_t>{4, 0, 2}));
+
+  Bytes trailing = gzip_of(labels);
+  for (char c : std::string("not gzip")) trailing.push_back(static_cast<unsigned char>(c));
+  EXPECT_EQ(read_idx(images, write_bytes("trailing.gz", trailing)).labels,
+            (std::vector<std::int32_t>{4, 0, 2}));
+
+  Bytes bad_crc = gzip_of(labels);
+  bad_crc[bad_crc.size() - 8] ^= 1;  // the CRC-32 of the trailer
+  expect_contains(error_of([&] { read_idx(images, write_bytes("crc.gz", bad_crc)); }),
+                  {"crc.gz: corrupt gzip data"});
+}
+
 TEST_F(IdxReaderTest, TruncatedHeaderAndEmptyFile) {
   const fs::path labels = write_bytes("labels", idx_labels(kLabels));
   Bytes header = idx_images(3, 2, 3, {});
@@ -337,6 +365,29 @@ TEST_F(CsvReaderTest, ForcedNoHeaderRejectsTextFirstRow) {
   CsvOptions options;
   options.has_header = false;
   expect_contains(error("x,y,z\n1,2,0\n", options), {"data.csv:1:1: 'x' is not a number"});
+}
+
+// A typo in the first data row must not turn it into a header that is silently dropped.
+TEST_F(CsvReaderTest, FirstRowWithATypoIsAnErrorNotAHeader) {
+  expect_contains(error("1,2x,0\n3,4,1\n5,6,0\n"),
+                  {"data.csv:1:2: '2x' is not a number", "2 of the 3 cells of the first row"});
+  // The label column, and an empty cell, too; blank lines before it do not count as the first.
+  expect_contains(error("\n1,2,O\n3,4,1\n"), {"data.csv:2:3: 'O' is not a number"});
+  expect_contains(error("1,,0\n3,4,1\n"), {"data.csv:1:2: an empty field is not a number"});
+}
+
+TEST_F(CsvReaderTest, HeaderIsARowWithoutNumbers) {
+  // Empty cells are not numbers: a header may leave a column unnamed (pandas' index column).
+  const Dataset d = read(",x,label\n7,1,0\n8,2,1\n");
+  EXPECT_EQ(d.size(), 2u);
+  EXPECT_EQ(d.features, (std::vector<float>{7, 1, 8, 2}));
+  // A numeric column name makes the first row ambiguous: an error, unless has_header says.
+  expect_contains(error("x,2020,label\n1,2,0\n"), {"data.csv:1:1: 'x' is not a number"});
+  CsvOptions header;
+  header.has_header = true;
+  EXPECT_EQ(read("x,2020,label\n1,2,0\n", header).size(), 1u);
+  // NaN and infinity are numbers to the rule, so such a first row is data and rejected as data.
+  expect_contains(error("1,nan,0\n"), {"data.csv:1:2", "not a finite number"});
 }
 
 TEST_F(CsvReaderTest, LabelColumnByIndexAndNegativeIndex) {

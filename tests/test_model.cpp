@@ -3,6 +3,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -128,6 +130,120 @@ TEST(Model, MalformedSpecsGiveClearErrors) {
   EXPECT_NE(attr.find("units"), std::string::npos) << attr;
   std::filesystem::remove(path);
   EXPECT_NE(message_of([&] { ModelSpec::load(path); }).find("cannot open"), std::string::npos);
+}
+
+// Found by tests/fuzz/fuzz_model_spec (corpus file crash-number-overflow.json): a number beyond
+// double's range made nlohmann throw out_of_range, which escaped ModelSpec::parse / load as an
+// exception that is not a mixtrain::Error.
+TEST(Model, NumberOverflowInSpecJsonIsAConfigError) {
+  const std::string text = R"({"input_shape":[4,8,8,3],"layers":[{"type":"batch_norm",)"
+                           R"("attrs":{"epsilon":9E999999747378752e-0       6}}]})";
+  try {
+    ModelSpec::parse(text, "spec.json");
+    ADD_FAILURE() << "did not throw";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("spec.json: invalid JSON"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("number overflow"), std::string::npos) << e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "not a ConfigError: " << e.what();
+  }
+  const auto path = std::filesystem::temp_directory_path() / "mixtrain_overflow_spec.json";
+  { std::ofstream(path) << text; }
+  EXPECT_THROW(ModelSpec::load(path), ConfigError);
+  std::filesystem::remove(path);
+}
+
+// A non-string "output" made nlohmann's json::value() throw type_error past from_json.
+TEST(Model, NonStringOutputIsAConfigError) {
+  const auto j = nlohmann::json::parse(
+      R"({"input_shape": [4, 3], "output": 5, "layers": [{"type": "relu"}]})");
+  try {
+    ModelSpec::from_json(j);
+    ADD_FAILURE() << "did not throw";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("field 'output' has the wrong type"), std::string::npos)
+        << e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "not a ConfigError: " << e.what();
+  }
+}
+
+// Found by fuzz_model_spec (corpus file crash-input-shape-float.json): an input dimension beyond
+// int64, which nlohmann reads as a float, was cast to int64 (undefined behaviour; in a plain
+// build the spec was then rejected for a wrapped dimension, or not at all for other values).
+TEST(Model, InputShapeMustHoldIntegers) {
+  for (const char* shape : {"[44112860184666666666666666627387904,1904]", "[4,2.5]",
+                            "[4,18446744073709551615]", "[4,\"8\"]", "4"}) {
+    SCOPED_TRACE(shape);
+    const std::string text =
+        std::string(R"({"input_shape":)") + shape + R"(,"layers":[{"type":"flatten"}]})";
+    try {
+      ModelSpec::parse(text, "spec.json");
+      ADD_FAILURE() << "parsed";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("spec.json: model spec: "), std::string::npos)
+          << e.what();
+      EXPECT_NE(std::string(e.what()).find("input_shape"), std::string::npos) << e.what();
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "not a ConfigError: " << e.what();
+    }
+  }
+  EXPECT_EQ(ModelSpec::parse(R"({"input_shape":[4.0,8],"layers":[{"type":"relu"}]})").input_shape,
+            (Shape{4, 8}));
+}
+
+// Run through tests/fuzz/fuzz_model_spec (UBSan), these specs overflowed 64-bit shape arithmetic
+// (numel, a reshape's product, conv's fan-in) or cast an out-of-range float to an integer, and
+// in a plain build some compiled into models with wrapped sizes. Each is now an error.
+TEST(Model, HugeShapesAndAttributesAreErrorsNotOverflow) {
+  struct Case {
+    std::string json;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {R"({"input_shape":[4,16],"layers":[{"type":"dense","attrs":{"units":4611686018427387904}}]})",
+       "layer 'dense_1': attribute 'units' is out of range (at most 2^31 - 1)"},
+      {R"({"input_shape":[4,16],"layers":[{"type":"dense","attrs":{"units":1e30}}]})",
+       "attribute 'units' must be an integer of magnitude at most 2^31 - 1"},
+      {R"({"input_shape":[4,16],"layers":[{"type":"dense","attrs":{"units":2.5}}]})",
+       "attribute 'units' must be an integer"},
+      {R"({"input_shape":[4,16],"layers":[{"type":"dense","attrs":{"units":-4611686018427387904}}]})",
+       "attribute 'units' is out of range"},
+      {R"({"input_shape":[4611686018427387904,16,4611686018427387904],"layers":[{"type":"flatten"}]})",
+       "model input shape [4611686018427387904, 16, 4611686018427387904] has more elements than "
+       "64 bits can count"},
+      {R"({"input_shape":[1048576,1048576,2],"layers":[{"type":"flatten"}]})",
+       "model input shape [1048576, 1048576, 2] holds more than 2^40 elements"},
+      {R"({"input_shape":[1024,1024],"layers":[{"type":"dense","attrs":{"units":2147483647}}]})",
+       "layer 'dense_1' (dense): output [2147483647] for a batch of 1024 holds more than 2^40"},
+      {R"({"input_shape":[1,1048576],"layers":[{"type":"dense","attrs":{"units":2097152}}]})",
+       "layer 'dense_1' (dense): parameter 'weight' [2097152, 1048576] holds more than 2^40"},
+      {R"({"input_shape":[2,8],"layers":[{"type":"reshape","attrs":{"shape":)"
+       R"([2147483647,2147483647,2147483647,-1]}}]})",
+       "layer 'reshape_1' (reshape): target shape [2147483647, 2147483647, 2147483647, -1] has "
+       "more elements than 64 bits can count"},
+      {R"({"input_shape":[2,8,8,3],"layers":[{"type":"conv2d","attrs":{"filters":4,)"
+       R"("kernel":2147483648}}]})",
+       "layer 'conv2d_1': attribute 'kernel' is out of range"},
+      {R"({"input_shape":[1,1,1,1048576],"layers":[{"type":"conv2d","attrs":{"filters":)"
+       R"(2147483647,"kernel":1,"padding":[2147483647,2147483647]}}]})",
+       "layer 'conv2d_1' (conv2d): "},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.json);
+    try {
+      compile(ModelSpec::parse(c.json, "spec.json"));
+      ADD_FAILURE() << "compiled";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(c.message), std::string::npos) << e.what();
+    }
+  }
+  // A float that is an integer is that integer.
+  EXPECT_EQ(
+      compile(ModelSpec::parse(
+                  R"({"input_shape":[4,16],"layers":[{"type":"dense","attrs":{"units":8.0}}]})"))
+          .output_shape(),
+      (Shape{4, 8}));
 }
 
 TEST(Model, HandWrittenSpecsChainLayers) {

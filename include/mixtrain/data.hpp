@@ -48,7 +48,11 @@ Dataset load_fashion_mnist(const std::filesystem::path& dir, const std::string& 
 std::filesystem::path default_fashion_mnist_dir();
 
 struct CsvOptions {
-  // Header handling: nullopt detects it (first row has a non-numeric field), true/false forces.
+  // Whether the first non-blank line is a header (skipped; its cells name the columns).
+  // nullopt detects it: a header when none of its cells is a number (empty cells are not
+  // numbers), data when all are; a first line mixing numbers and other cells (a data row with a
+  // typo, or a header with a numeric name) is a DataError naming the file, the line and the first
+  // cell that is not a number. true / false decide without looking.
   std::optional<bool> has_header;
   char delimiter = ',';
   // Column holding the label: index (negative counts from the end) or, with a header, a name.

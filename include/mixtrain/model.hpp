@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
@@ -61,6 +62,8 @@ struct ModelSpec {
   void save(const std::filesystem::path& path) const;
   // Throws IoError (unreadable file) or ConfigError (malformed JSON, with its position).
   static ModelSpec load(const std::filesystem::path& path);
+  // The JSON text of a spec (what load reads from the file); errors start with `source`.
+  static ModelSpec parse(std::string_view text, const std::string& source = "model spec");
 };
 
 namespace graph {

@@ -211,8 +211,15 @@ class Trainer {
   // layers' persistent state (batch-norm running statistics).
   std::vector<float> weights();
   void set_weights(const std::vector<float>& weights);
-  // Atomic binary checkpoint of the master weights.
+  // Binary checkpoint of weights() (format version 2, src/io/weights_file.hpp): the model's
+  // architecture (each layer with parameters or state: name, type, parameter names and shapes,
+  // state shapes), then the values. Written atomically (temporary file, then rename).
   void save_weights(const std::filesystem::path& path);
+  // Reads a file of save_weights. Throws, naming the file: IoError (not a weights file, corrupt
+  // header, truncated or oversized), ShapeError (another architecture: the first layer or
+  // parameter that differs, with both shapes), DataError (a NaN or infinite value: layer,
+  // parameter, element). Version-1 files (older mixtrain) still load; they record no
+  // architecture, so only their value count is checked against the model.
   void load_weights(const std::filesystem::path& path);
 
   struct Impl;

@@ -1,5 +1,10 @@
 // Numeric CSV reader: one sample per line, one column of labels (or float targets), the rest
 // features. Fields may be double-quoted (mainly for header names).
+//
+// Header rule (CsvOptions::has_header unset): the first non-blank line is a header when none of
+// its cells parses as a number (empty cells do not), data when all of them do; a first line
+// with both is an error naming the file, the line and the first cell that is not a number, so a
+// typo in the first data row is reported instead of the row being dropped as a header.
 #include <algorithm>
 #include <cfloat>
 #include <charconv>
@@ -14,11 +19,13 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "data/readers.hpp"
 #include "mixtrain/data.hpp"
 #include "mixtrain/error.hpp"
 
@@ -88,8 +95,8 @@ std::string read_text(const fs::path& path) {
 
 class CsvParser {
  public:
-  CsvParser(const fs::path& path, const CsvOptions& options)
-      : name_(path.string()), options_(options) {
+  CsvParser(std::string name, const CsvOptions& options)
+      : name_(std::move(name)), options_(options) {
     const char d = options.delimiter;
     if (d == '"' || d == '\n' || d == '\r' || d == '\0') {
       throw ConfigError(fmt::format("{}: CSV delimiter {} is not allowed", name_, describe(d)));
@@ -162,18 +169,35 @@ class CsvParser {
           "{} right?",
           name_, line_no, describe(options_.delimiter)));
     }
-    const bool header = options_.has_header.value_or(looks_like_header(fields));
+    const bool header = options_.has_header ? *options_.has_header : detect_header(fields, line_no);
     label_index_ = find_label_column(header ? &fields : nullptr);
     return header;
   }
 
-  static bool looks_like_header(const std::vector<std::string>& fields) {
-    double unused = 0;
-    for (const std::string& f : fields) {
-      const NumberStatus s = parse_number(f, unused);
-      if (s == NumberStatus::kNotNumber) return true;
+  // The first row is a header when none of its cells is a number (empty cells count as not
+  // numbers), data when every cell is one. A row with both is neither: most likely a data row
+  // with a typo, which must not be dropped as a header without a word.
+  bool detect_header(const std::vector<std::string>& fields, std::size_t line_no) const {
+    std::size_t numbers = 0;
+    std::optional<std::size_t> first_other;
+    for (std::size_t i = 0; i < fields.size(); ++i) {
+      double unused = 0;
+      const NumberStatus s = parse_number(fields[i], unused);
+      if (s == NumberStatus::kNotNumber || s == NumberStatus::kEmpty) {
+        if (!first_other) first_other = i;
+      } else {
+        ++numbers;  // kOk, and numbers a data row rejects later (NaN, infinity, out of range)
+      }
     }
-    return false;
+    if (numbers == 0) return true;
+    if (!first_other) return false;
+    const std::string& cell = fields[*first_other];
+    throw DataError(fmt::format(
+        "{}: {} is not a number, but {} of the {} cells of the first row are: a header row has "
+        "no numeric cell and a data row no other; fix the cell, or say whether the file has a "
+        "header (CsvOptions::has_header, mixtrain --header yes|no)",
+        where(line_no, *first_other), cell.empty() ? "an empty field" : quote_field(cell), numbers,
+        fields.size()));
   }
 
   std::size_t find_label_column(const std::vector<std::string>* header) const {
@@ -289,9 +313,17 @@ class CsvParser {
 
 }  // namespace
 
+namespace detail {
+
+Dataset csv_from_text(std::string_view text, const std::string& name, const CsvOptions& options) {
+  return CsvParser(name, options).parse(text);
+}
+
+}  // namespace detail
+
 Dataset read_csv(const fs::path& path, const CsvOptions& options) {
   const std::string text = read_text(path);
-  return CsvParser(path, options).parse(text);
+  return detail::csv_from_text(text, path.string(), options);
 }
 
 }  // namespace mixtrain

@@ -11,14 +11,18 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <memory>
+#include <sstream>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <vector>
 
 #include <fmt/format.h>
 
+#include "data/readers.hpp"
 #include "mixtrain/data.hpp"
 #include "mixtrain/error.hpp"
 
@@ -46,37 +50,69 @@ void require_regular_file(const fs::path& path) {
   }
 }
 
-// Reads the whole file; gzread passes files that are not gzip-compressed through unchanged.
-FileBytes read_all(const fs::path& path) {
+// The file's bytes as stored (compressed or not).
+std::string read_raw(const fs::path& path) {
   require_regular_file(path);
-  gzFile file = gzopen(path.string().c_str(), "rb");
-  if (file == nullptr) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
     throw DataError(fmt::format("{}: cannot open: {}", path.string(), std::strerror(errno)));
   }
-  std::unique_ptr<gzFile_s, decltype(&gzclose)> guard(file, &gzclose);
-  gzbuffer(file, 1 << 17);
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) throw DataError(fmt::format("{}: read error", path.string()));
+  return std::move(text).str();
+}
+
+bool is_gzip(std::string_view raw) {
+  return raw.size() >= 2 && static_cast<unsigned char>(raw[0]) == 0x1f &&
+         static_cast<unsigned char>(raw[1]) == 0x8b;
+}
+
+// Inflates gzip data (detected by its magic bytes) and passes anything else through unchanged,
+// as zlib's gzread did for the files: gzip members that follow each other are concatenated, and
+// bytes after a member that do not start another are ignored.
+FileBytes decode(std::string_view raw, const std::string& name) {
   FileBytes out;
-  constexpr unsigned kChunk = 1 << 20;
+  if (!is_gzip(raw)) {
+    out.bytes.assign(raw.begin(), raw.end());
+    return out;
+  }
+  out.compressed = true;
+  z_stream z{};
+  if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) {
+    throw DataError(fmt::format("{}: cannot start gzip decompression", name));
+  }
+  std::unique_ptr<z_stream, decltype(&inflateEnd)> guard(&z, &inflateEnd);
+  constexpr std::size_t kChunk = 1 << 20;
+  std::size_t produced = 0;
+  std::string_view in = raw;
   for (;;) {
-    const std::size_t old_size = out.bytes.size();
-    out.bytes.resize(old_size + kChunk);
-    const int got = gzread(file, out.bytes.data() + old_size, kChunk);
-    if (got < 0) {
-      int errnum = 0;
-      const char* msg = gzerror(file, &errnum);
-      throw DataError(fmt::format("{}: corrupt gzip data: {}", path.string(), msg));
+    if (out.bytes.size() - produced < kChunk) {
+      out.bytes.resize(std::max(out.bytes.size() * 2, produced + kChunk));
     }
-    out.bytes.resize(old_size + static_cast<std::size_t>(got));
-    if (got == 0) break;
+    // zlib counts in 32-bit unsigned ints: feed at most 1 GiB at a time.
+    const std::size_t feed = std::min<std::size_t>(in.size(), std::size_t{1} << 30);
+    z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+    z.avail_in = static_cast<uInt>(feed);
+    z.next_out = out.bytes.data() + produced;
+    z.avail_out = static_cast<uInt>(kChunk);
+    const int ret = inflate(&z, Z_NO_FLUSH);
+    in.remove_prefix(feed - z.avail_in);
+    produced += kChunk - z.avail_out;
+    if (ret == Z_STREAM_END) {
+      if (!is_gzip(in)) break;  // the end, or trailing bytes that gzread ignored too
+      inflateReset(&z);
+    } else if (ret == Z_BUF_ERROR || (ret == Z_OK && in.empty() && z.avail_out != 0)) {
+      out.gzip_problem = fmt::format(
+          "{}: truncated gzip data (unexpected end of file) after {} decompressed bytes", name,
+          produced);
+      break;
+    } else if (ret != Z_OK) {
+      throw DataError(
+          fmt::format("{}: corrupt gzip data: {}", name, z.msg != nullptr ? z.msg : zError(ret)));
+    }
   }
-  out.compressed = gzdirect(file) == 0;
-  // zlib reports a gzip stream cut short as end of file plus Z_BUF_ERROR.
-  int errnum = Z_OK;
-  const char* msg = gzerror(file, &errnum);
-  if (errnum == Z_BUF_ERROR) {
-    out.gzip_problem = fmt::format("{}: truncated gzip data ({}) after {} decompressed bytes",
-                                   path.string(), msg, out.bytes.size());
-  }
+  out.bytes.resize(produced);
   return out;
 }
 
@@ -114,13 +150,18 @@ std::uint64_t element_count(const std::vector<std::uint32_t>& dims) {
 
 struct IdxContents {
   std::vector<std::uint32_t> dims;
-  const unsigned char* data;
+  FileBytes file;
+  std::size_t header_size = 0;
+  const unsigned char* data() const { return file.bytes.data() + header_size; }
 };
 
-// Checks the magic number and that the file holds exactly the data its header announces.
-IdxContents parse_idx(const fs::path& path, const FileBytes& file, std::uint32_t magic) {
+// Decodes a file's bytes and checks the magic number and that the file holds exactly the data
+// its header announces.
+IdxContents parse_idx(std::string_view raw, const std::string& name, std::uint32_t magic) {
+  IdxContents out;
+  out.file = decode(raw, name);
+  const FileBytes& file = out.file;
   const std::vector<unsigned char>& bytes = file.bytes;
-  const std::string name = path.string();
   if (bytes.size() < 4) {
     throw DataError(
         fmt::format("{}: truncated: the file ends after {} bytes, before the 4-byte magic number",
@@ -138,9 +179,8 @@ IdxContents parse_idx(const fs::path& path, const FileBytes& file, std::uint32_t
         fmt::format("{}: truncated: the file ends after {} bytes, inside the {}-byte header", name,
                     bytes.size(), header_size));
   }
-  IdxContents out;
   for (std::size_t i = 0; i < ndims; ++i) out.dims.push_back(read_be32(&bytes[4 + 4 * i]));
-  out.data = bytes.data() + header_size;
+  out.header_size = header_size;
   const std::uint64_t count = element_count(out.dims);
   const std::uint64_t available = bytes.size() - header_size;
   if (count > available) {
@@ -188,32 +228,51 @@ fs::path find_fashion_file(const fs::path& dir, const std::string& stem) {
 
 }  // namespace
 
-Dataset read_idx(const fs::path& images, const fs::path& labels, bool image_layout) {
-  const FileBytes image_file = read_all(images);
-  const IdxContents img = parse_idx(images, image_file, kImagesMagic);
-  const FileBytes label_file = read_all(labels);
-  const IdxContents lab = parse_idx(labels, label_file, kLabelsMagic);
+namespace {
+
+Dataset to_dataset(const IdxContents& img, const std::string& images_name, const IdxContents& lab,
+                   const std::string& labels_name, bool image_layout) {
   if (img.dims[0] != lab.dims[0]) {
-    throw DataError(fmt::format("{} has {} images but {} has {} labels", images.string(),
-                                img.dims[0], labels.string(), lab.dims[0]));
+    throw DataError(fmt::format("{} has {} images but {} has {} labels", images_name, img.dims[0],
+                                labels_name, lab.dims[0]));
   }
   const std::size_t n = img.dims[0];
   const std::size_t rows = img.dims[1];
   const std::size_t cols = img.dims[2];
 
   Dataset data;
-  data.features = scale_pixels(img.data, n * rows * cols);
+  data.features = scale_pixels(img.data(), n * rows * cols);
   if (image_layout) {
     // Channels-last, the layout of the conv2d layers: [rows, cols, 1].
     data.sample_shape = {static_cast<std::int64_t>(rows), static_cast<std::int64_t>(cols), 1};
   } else {
     data.sample_shape = {static_cast<std::int64_t>(rows * cols)};
   }
-  data.labels.assign(lab.data, lab.data + n);
+  data.labels.assign(lab.data(), lab.data() + n);
   int max_label = 0;
   for (std::int32_t l : data.labels) max_label = std::max(max_label, l);
   data.num_classes = max_label + 1;
   return data;
+}
+
+}  // namespace
+
+namespace detail {
+
+Dataset idx_from_bytes(std::string_view images, const std::string& images_name,
+                       std::string_view labels, const std::string& labels_name, bool image_layout) {
+  const IdxContents img = parse_idx(images, images_name, kImagesMagic);
+  const IdxContents lab = parse_idx(labels, labels_name, kLabelsMagic);
+  return to_dataset(img, images_name, lab, labels_name, image_layout);
+}
+
+}  // namespace detail
+
+Dataset read_idx(const fs::path& images, const fs::path& labels, bool image_layout) {
+  // Each file is read and checked before the next is opened, so the first bad file is named.
+  const IdxContents img = parse_idx(read_raw(images), images.string(), kImagesMagic);
+  const IdxContents lab = parse_idx(read_raw(labels), labels.string(), kLabelsMagic);
+  return to_dataset(img, images.string(), lab, labels.string(), image_layout);
 }
 
 Dataset load_fashion_mnist(const fs::path& dir, const std::string& split, bool image_layout) {

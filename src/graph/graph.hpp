@@ -18,6 +18,9 @@ struct Node {
   Shape shape;              // per-sample output shape
   std::vector<ParamDecl> params;
   std::vector<BufferDecl> buffers;
+  // Index in Graph::spec.layers of the layer this node was built from (a fused node keeps its
+  // first layer's): names and types as the user wrote them, whatever fusion did.
+  std::size_t spec_layer = 0;
 };
 
 struct Graph {

@@ -1,6 +1,9 @@
 // ModelSpec (JSON), Model and compile().
 #include <fmt/format.h>
 
+#include <cmath>
+#include <cstdint>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "graph/graph.hpp"
@@ -59,13 +62,42 @@ T field(const nlohmann::json& j, const char* key, const std::string& where) {
   }
 }
 
+// A list of integers. nlohmann's get<Shape>() would cast floats (and integers beyond int64 that
+// it reads as floats) to int64, which is undefined beyond the range: only integral values are
+// taken, floats only when exact (|v| <= 2^53).
+Shape shape_field(const nlohmann::json& j, const char* key, const std::string& where) {
+  const nlohmann::json list = field<nlohmann::json>(j, key, where);
+  if (!list.is_array()) {
+    throw ConfigError(where + ": field '" + key + "' must be a list of integers, got " +
+                      list.dump());
+  }
+  Shape out;
+  for (std::size_t i = 0; i < list.size(); ++i) {
+    const nlohmann::json& v = list[i];
+    const bool is_int = v.is_number_integer() &&
+                        (!v.is_number_unsigned() ||
+                         v.get<std::uint64_t>() <=
+                             static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()));
+    const bool is_exact_float = v.is_number_float() &&
+                                v.get<double>() == std::floor(v.get<double>()) &&
+                                std::fabs(v.get<double>()) <= 9007199254740992.0;  // 2^53
+    if (!is_int && !is_exact_float) {
+      throw ConfigError(where + ": " + key + "[" + std::to_string(i) +
+                        "] must be an integer in the 64-bit range, got " + v.dump());
+    }
+    out.push_back(is_int ? v.get<std::int64_t>() : static_cast<std::int64_t>(v.get<double>()));
+  }
+  return out;
+}
+
 }  // namespace
 
 ModelSpec ModelSpec::from_json(const nlohmann::json& j) {
   if (!j.is_object()) throw ConfigError("model spec: expected a JSON object");
   ModelSpec spec;
-  spec.input_shape = field<Shape>(j, "input_shape", "model spec");
-  spec.output = j.value("output", std::string());
+  spec.input_shape = shape_field(j, "input_shape", "model spec");
+  // (j.value() would throw nlohmann's type_error for a non-string.)
+  if (j.contains("output")) spec.output = field<std::string>(j, "output", "model spec");
   const auto layers = field<nlohmann::json>(j, "layers", "model spec");
   if (!layers.is_array()) throw ConfigError("model spec: 'layers' must be an array");
   std::string previous = "input";
@@ -95,17 +127,20 @@ void ModelSpec::save(const std::filesystem::path& path) const {
 }
 
 ModelSpec ModelSpec::load(const std::filesystem::path& path) {
-  const std::string text = read_file(path);
+  return parse(read_file(path), path.string());
+}
+
+ModelSpec ModelSpec::parse(std::string_view text, const std::string& source) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw ConfigError(path.string() + ": invalid JSON: " + e.what());
+  } catch (const nlohmann::json::exception& e) {  // parse_error; out_of_range for 1e999
+    throw ConfigError(source + ": invalid JSON: " + e.what());
   }
   try {
     return from_json(j);
   } catch (const ConfigError& e) {
-    throw ConfigError(path.string() + ": " + e.what());
+    throw ConfigError(source + ": " + e.what());
   }
 }
 

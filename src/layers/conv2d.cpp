@@ -66,14 +66,15 @@ Shape Conv2d::output_shape(const std::vector<Shape>& in) const {
 
 std::vector<ParamDecl> Conv2d::params(const std::vector<Shape>& in) const {
   const std::int64_t per_group = in[0][2] / c_.groups;
+  const Shape weight{c_.filters, c_.kernel.h, c_.kernel.w, per_group};
+  // Checked first (numel throws on overflow): the fan products below are then at most this.
+  if (numel(weight) > kMaxTensorElements) {
+    shape_error("weight " + shape_str(weight) + " has more than 2^40 elements");
+  }
   const std::int64_t taps = c_.kernel.h * c_.kernel.w;
   const std::int64_t fan_in = taps * per_group;
   const std::int64_t fan_out = taps * c_.filters / c_.groups;
-  std::vector<ParamDecl> p{{"weight",
-                            {c_.filters, c_.kernel.h, c_.kernel.w, per_group},
-                            Init::HeUniform,
-                            fan_in,
-                            fan_out}};
+  std::vector<ParamDecl> p{{"weight", weight, Init::HeUniform, fan_in, fan_out}};
   p[0].grad_in_compute_dtype = true;  // cuDNN's backward-filter output
   if (c_.bias) p.push_back({"bias", {c_.filters}, Init::Zeros, fan_in, fan_out});
   return p;

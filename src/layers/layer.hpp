@@ -21,6 +21,11 @@ enum class Init : std::uint8_t {
   HeUniform,      // U(-a, a), a = sqrt(6 / fan_in)
 };
 
+// The most elements one tensor of a model may hold (2^40: 4 TiB of fp32), for the whole batch:
+// compile() rejects larger inputs, activations, parameters and buffers, so that no size computed
+// from a model (in bytes, times the batch) can overflow.
+inline constexpr std::int64_t kMaxTensorElements = std::int64_t{1} << 40;
+
 struct ParamDecl {
   std::string name;  // "weight", "bias"
   Shape shape;

@@ -78,8 +78,9 @@ Shape Reshape::output_shape(const std::vector<Shape>& in) const {
       inferred = static_cast<int>(i);
     } else if (out[i] <= 0) {
       config_error("dimensions must be positive or -1, got " + shape_str(target_));
-    } else {
-      known *= out[i];
+    } else if (__builtin_mul_overflow(known, out[i], &known)) {
+      config_error("target shape " + shape_str(target_) +
+                   " has more elements than 64 bits can count");
     }
   }
   if (inferred >= 0) {

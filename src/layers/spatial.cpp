@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "layers/attrs.hpp"
 #include "mixtrain/error.hpp"
 
 namespace mixtrain {
@@ -18,9 +19,12 @@ namespace {
 
 Hw read_hw(const std::string& layer, const nlohmann::json& v, const char* key, Hw fallback) {
   if (v.is_null()) return fallback;
-  if (v.is_number_integer()) return {v.get<std::int64_t>(), v.get<std::int64_t>()};
+  if (v.is_number_integer()) {
+    const std::int64_t both = integer_attribute(layer, key, v);
+    return {both, both};
+  }
   if (v.is_array() && v.size() == 2 && v[0].is_number_integer() && v[1].is_number_integer()) {
-    return {v[0].get<std::int64_t>(), v[1].get<std::int64_t>()};
+    return {integer_attribute(layer, key, v[0]), integer_attribute(layer, key, v[1])};
   }
   bad(layer, key, v, "an integer or [height, width]");
 }

@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "io/atomic_file.hpp"
+#include "io/weights_file.hpp"
 #include "mixtrain/error.hpp"
 #include "ops/counter_rng.hpp"
 #include "train/backend_factory.hpp"
@@ -785,36 +785,36 @@ void Trainer::set_weights(const std::vector<float>& w) {
 }
 
 namespace {
-constexpr char kWeightsMagic[8] = {'M', 'X', 'T', 'W', 'E', 'I', '0', '1'};
+
+// The architecture a weights file records: the layers with parameters or persistent state, in
+// graph order, under the spec's names and types (a fused node is its first layer).
+WeightsArchitecture architecture_of(const graph::Graph& g) {
+  WeightsArchitecture out;
+  for (const graph::Node& node : g.nodes) {
+    WeightsLayer layer;
+    for (const ParamDecl& p : node.params) layer.params.push_back({p.name, p.shape});
+    for (const BufferDecl& b : node.buffers) {
+      if (b.persistent) layer.state.push_back({b.name, b.shape});
+    }
+    if (layer.params.empty() && layer.state.empty()) continue;
+    const LayerSpec& spec = g.spec.layers.at(node.spec_layer);
+    layer.name = spec.name;
+    layer.type = spec.type;
+    out.push_back(std::move(layer));
+  }
+  return out;
 }
 
+}  // namespace
+
 void Trainer::save_weights(const std::filesystem::path& path) {
-  const std::vector<float> w = weights();
-  const std::uint64_t count = w.size();
-  std::string blob(kWeightsMagic, sizeof kWeightsMagic);
-  blob.append(reinterpret_cast<const char*>(&count), sizeof count);
-  blob.append(reinterpret_cast<const char*>(w.data()), w.size() * sizeof(float));
-  write_file_atomic(path, blob);
+  write_file_atomic(path, serialize_weights_file(architecture_of(impl_->plan->graph), weights()));
 }
 
 void Trainer::load_weights(const std::filesystem::path& path) {
-  const std::string blob = read_file(path);
-  std::uint64_t count = 0;
-  if (blob.size() < sizeof kWeightsMagic + sizeof count ||
-      std::memcmp(blob.data(), kWeightsMagic, sizeof kWeightsMagic) != 0) {
-    throw IoError(path.string() + ": not a mixtrain weights file");
-  }
-  std::memcpy(&count, blob.data() + sizeof kWeightsMagic, sizeof count);
-  const std::size_t header = sizeof kWeightsMagic + sizeof count;
-  if (blob.size() != header + count * sizeof(float)) {
-    throw IoError(
-        fmt::format("{}: truncated or oversized: header says {} weights, file holds {} "
-                    "bytes",
-                    path.string(), count, blob.size()));
-  }
-  std::vector<float> w(count);
-  std::memcpy(w.data(), blob.data() + header, count * sizeof(float));
-  set_weights(w);
+  const WeightsArchitecture model = architecture_of(impl_->plan->graph);
+  const WeightsFile file = parse_weights_file(read_file(path), path.string(), &model);
+  set_weights(file.values);
 }
 
 }  // namespace mixtrain

@@ -37,6 +37,7 @@ struct DataOptions {
   std::string dataset = "fashion-mnist";  // "fashion-mnist" or "csv:PATH"
   std::string data_dir;                   // empty: default_fashion_mnist_dir()
   std::string label_column = "-1";        // CSV: index (negative from the end) or header name
+  std::string header = "auto";            // CSV: whether the first row is a header: auto|yes|no
   double test_fraction = 0.2;             // CSV: the last rows held out as the test split
   bool normalize = false;                 // CSV: standardise features with train statistics
 };

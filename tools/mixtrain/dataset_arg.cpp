@@ -23,6 +23,11 @@ CsvOptions csv_options(const DataOptions& o) {
   } else {
     csv.label_name = col;  // a header name
   }
+  if (o.header == "yes") {
+    csv.has_header = true;
+  } else if (o.header == "no") {
+    csv.has_header = false;
+  }
   return csv;
 }
 
@@ -65,6 +70,11 @@ void add_data_options(CLI::App& app, DataOptions& o) {
                  "CSV: column holding the class label, an index (negative counts from the end) "
                  "or a header name")
       ->capture_default_str();
+  app.add_option("--header", o.header,
+                 "CSV: whether the first row is a header: yes, no, or auto (a header when none "
+                 "of its cells is a number, data when all are, an error when mixed)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "yes", "no"}));
   app.add_option("--test-fraction", o.test_fraction,
                  "CSV: fraction of rows, taken from the end of the file, held out as the test "
                  "split (1 in eval: the whole file)")
