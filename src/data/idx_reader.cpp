@@ -83,22 +83,24 @@ FileBytes decode(std::string_view raw, const std::string& name) {
     throw DataError(fmt::format("{}: cannot start gzip decompression", name));
   }
   std::unique_ptr<z_stream, decltype(&inflateEnd)> guard(&z, &inflateEnd);
-  constexpr std::size_t kChunk = 1 << 20;
+  // zlib counts in 32-bit unsigned ints: at most 1 GiB in or out per call.
+  constexpr std::size_t kMaxStep = std::size_t{1} << 30;
+  // Start near the usual ratio for images (4:1 is typical; grown by doubling), not at a fixed
+  // megabyte that small inputs would zero-fill for nothing.
+  out.bytes.resize(std::clamp<std::size_t>(raw.size() * 4, 4096, std::size_t{1} << 24));
   std::size_t produced = 0;
   std::string_view in = raw;
   for (;;) {
-    if (out.bytes.size() - produced < kChunk) {
-      out.bytes.resize(std::max(out.bytes.size() * 2, produced + kChunk));
-    }
-    // zlib counts in 32-bit unsigned ints: feed at most 1 GiB at a time.
-    const std::size_t feed = std::min<std::size_t>(in.size(), std::size_t{1} << 30);
+    if (produced == out.bytes.size()) out.bytes.resize(out.bytes.size() * 2);
+    const std::size_t feed = std::min(in.size(), kMaxStep);
+    const std::size_t space = std::min(out.bytes.size() - produced, kMaxStep);
     z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
     z.avail_in = static_cast<uInt>(feed);
     z.next_out = out.bytes.data() + produced;
-    z.avail_out = static_cast<uInt>(kChunk);
+    z.avail_out = static_cast<uInt>(space);
     const int ret = inflate(&z, Z_NO_FLUSH);
     in.remove_prefix(feed - z.avail_in);
-    produced += kChunk - z.avail_out;
+    produced += space - z.avail_out;
     if (ret == Z_STREAM_END) {
       if (!is_gzip(in)) break;  // the end, or trailing bytes that gzread ignored too
       inflateReset(&z);
