@@ -16,6 +16,7 @@
 #include <omp.h>
 
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "backends/cpu/cpu_backend.hpp"
+#include "backends/cpu/cpu_blas.hpp"
 #include "core/half.hpp"
 #include "mixtrain/mixtrain.hpp"
 
@@ -169,6 +171,80 @@ TEST(ThreadCountDeterminism, GemmFp16) {
 }
 TEST(ThreadCountDeterminism, GemmBf16) {
   check_gemm_shapes<bf16>();
+}
+
+// The cut of a product depends on its shape only, covers it, and stays within its bounds.
+TEST(ThreadCountDeterminism, GemmTilingCoversTheProduct) {
+  const std::int64_t shapes[][3] = {{1, 1, 1},        {64, 10, 256},     {64, 512, 784},
+                                    {512, 784, 64},   {32, 9, 50176},    {64, 288, 12544},
+                                    {12544, 64, 288}, {512, 4096, 4096}, {1000, 500, 1000},
+                                    {3, 5, 0},        {16, 16, 20000}};
+  for (const auto& s : shapes) {
+    const std::int64_t m = s[0], n = s[1], k = s[2];
+    SCOPED_TRACE(std::to_string(m) + "x" + std::to_string(n) + "x" + std::to_string(k));
+    const cpu::GemmTiling t = cpu::gemm_tiling(m, n, k);
+    EXPECT_GE(t.pieces(), 1);
+    EXPECT_LE(t.pieces(), 16);
+    EXPECT_GE(t.tiles_m * t.tile_m, m);
+    EXPECT_LT((t.tiles_m - 1) * t.tile_m, std::max<std::int64_t>(m, 1));
+    EXPECT_GE(t.tiles_n * t.tile_n, n);
+    EXPECT_LT((t.tiles_n - 1) * t.tile_n, std::max<std::int64_t>(n, 1));
+    if (t.tile_m != m) {
+      EXPECT_EQ(t.tile_m % 16, 0);
+    }
+    if (t.tile_n != n) {
+      EXPECT_EQ(t.tile_n % 16, 0);
+    }
+    EXPECT_GE(t.groups * t.k_group, k);
+    if (t.groups > 1) {
+      EXPECT_LT((t.groups - 1) * t.k_group, k);
+      EXPECT_GE(t.k_group, 512);
+    }
+  }
+}
+
+// blas_gemm against a double-precision product, alpha and beta included, through both of its
+// paths: tiles only, and a small C with a long K cut into groups (partials added in order).
+TEST(ThreadCountDeterminism, BlasGemmComputesTheProduct) {
+  struct Case {
+    bool ta, tb;
+    std::int64_t m, n, k;
+  };
+  for (const Case& s : {Case{false, true, 100, 300, 700}, Case{true, false, 16, 16, 20000},
+                        Case{true, true, 24, 40, 9000}, Case{false, false, 3, 5, 0}}) {
+    SCOPED_TRACE(std::to_string(s.m) + "x" + std::to_string(s.n) + "x" + std::to_string(s.k));
+    if (s.k > 0 && s.n * s.m < 1000) {
+      EXPECT_GT(cpu::gemm_tiling(s.m, s.n, s.k).groups, 1);
+    }
+    std::mt19937 rng(21);
+    const std::int64_t lda = s.ta ? s.m : s.k, ldb = s.tb ? s.k : s.n, ldc = s.n + 3;
+    const std::vector<float> a = random_values(rng, static_cast<std::size_t>(s.m * s.k));
+    const std::vector<float> b = random_values(rng, static_cast<std::size_t>(s.k * s.n));
+    std::vector<float> c = random_values(rng, static_cast<std::size_t>(s.m * ldc));
+    const std::vector<float> c0 = c;
+    std::vector<float> partials;
+    const float alpha = 0.5f, beta = -2.0f;
+    cpu::blas_gemm(s.ta, s.tb, s.m, s.n, s.k, alpha, a.data(), lda, b.data(), ldb, beta, c.data(),
+                   ldc, partials);
+    for (std::int64_t i = 0; i < s.m; ++i) {
+      for (std::int64_t j = 0; j < ldc; ++j) {
+        const auto at = static_cast<std::size_t>(i * ldc + j);
+        if (j >= s.n) {  // outside C: untouched
+          EXPECT_EQ(c[at], c0[at]);
+          continue;
+        }
+        double want = 0.0;
+        for (std::int64_t p = 0; p < s.k; ++p) {
+          const double x = a[static_cast<std::size_t>(s.ta ? p * lda + i : i * lda + p)];
+          const double y = b[static_cast<std::size_t>(s.tb ? j * ldb + p : p * ldb + j)];
+          want += x * y;
+        }
+        want = alpha * want + beta * static_cast<double>(c0[at]);
+        EXPECT_NEAR(c[at], want, 1e-5 * (1.0 + std::sqrt(static_cast<double>(s.k))))
+            << i << ", " << j;
+      }
+    }
+  }
 }
 
 // A convolution's three passes; the filter gradient is a GEMM with K = N * P * Q = 5776 (not a

@@ -17,17 +17,19 @@ namespace mixtrain::cpu {
 
 namespace {
 
-// Multiply-adds a piece should hold at most, where the shape allows: about 50-100 us on one core,
-// enough that the call and the packing of its operands stay small beside the arithmetic.
+// The number of pieces a product is cut into: one per kPieceWork multiply-adds (about 50-100 us
+// on one core), at most kMaxPieces. Few, large pieces keep the repeated packing of operands
+// (each piece packs the rows of A and the columns of B it reads) small beside the arithmetic;
+// kMaxPieces bounds the threads one product can use.
 constexpr std::int64_t kPieceWork = std::int64_t{1} << 22;
-// Tiles are cut only while both halves keep at least this many rows (columns), multiples of 16
-// (OpenBLAS's widest register block), so that packing the operands stays small beside the product.
+constexpr std::int64_t kMaxPieces = 16;
+// Tiles of C are cut only while both halves keep at least kMinTile rows (columns), multiples of
+// kAlign (OpenBLAS's widest register block).
 constexpr std::int64_t kMinTile = 64;
 constexpr std::int64_t kAlign = 16;
-// K is cut only into groups of at least this depth, only when there are fewer tiles than this,
-// and into at most as many groups as keep the partials within kMaxPartials elements.
+// When C has too few tiles, K is cut into groups of at least kMinKGroup, as many as keep the
+// partial products within kMaxPartials elements.
 constexpr std::int64_t kMinKGroup = 512;
-constexpr std::int64_t kFewTiles = 16;
 constexpr std::int64_t kMaxPartials = std::int64_t{1} << 22;
 
 std::int64_t ceil_div(std::int64_t a, std::int64_t b) {
@@ -125,34 +127,36 @@ void gemm_impl(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::
 }  // namespace
 
 GemmTiling gemm_tiling(std::int64_t m, std::int64_t n, std::int64_t k) {
-  GemmTiling t;
-  t.tile_m = std::max<std::int64_t>(m, 1);
-  t.tile_n = std::max<std::int64_t>(n, 1);
+  const std::int64_t rows = std::max<std::int64_t>(m, 1), cols = std::max<std::int64_t>(n, 1);
   const std::int64_t depth = std::max<std::int64_t>(k, 1);
-  const auto work = [&] { return t.tile_m * t.tile_n * depth; };
-  // Halve the larger side of the tile (rounded up to kAlign) while the tile is too much work and
-  // that side is at least 2 * kMinTile.
-  while (work() > kPieceWork) {
-    std::int64_t& big = t.tile_m >= t.tile_n ? t.tile_m : t.tile_n;
-    std::int64_t& small = t.tile_m >= t.tile_n ? t.tile_n : t.tile_m;
-    if (big >= 2 * kMinTile) {
-      big = round_up(ceil_div(big, 2), kAlign);
-    } else if (small >= 2 * kMinTile) {
-      small = round_up(ceil_div(small, 2), kAlign);
+  const std::int64_t want =
+      std::clamp<std::int64_t>(ceil_div(rows * cols * depth, kPieceWork), 1, kMaxPieces);
+  GemmTiling t;
+  t.tile_m = rows;
+  t.tile_n = cols;
+  const auto tiles = [&] { return ceil_div(rows, t.tile_m) * ceil_div(cols, t.tile_n); };
+  // Halve the longer side of the tile (rounded up to kAlign), or else the other, while there are
+  // fewer tiles than wanted and the side has room for two halves of kMinTile.
+  while (tiles() < want) {
+    const bool m_longer = t.tile_m >= t.tile_n;
+    std::int64_t& longer = m_longer ? t.tile_m : t.tile_n;
+    std::int64_t& shorter = m_longer ? t.tile_n : t.tile_m;
+    if (longer >= 2 * kMinTile) {
+      longer = round_up(ceil_div(longer, 2), kAlign);
+    } else if (shorter >= 2 * kMinTile) {
+      shorter = round_up(ceil_div(shorter, 2), kAlign);
     } else {
       break;
     }
   }
-  t.tiles_m = ceil_div(std::max<std::int64_t>(m, 1), t.tile_m);
-  t.tiles_n = ceil_div(std::max<std::int64_t>(n, 1), t.tile_n);
+  t.tiles_m = ceil_div(rows, t.tile_m);
+  t.tiles_n = ceil_div(cols, t.tile_n);
   t.k_group = k;
   t.groups = 1;
-  // Few tiles that are still too much work: cut K too.
-  if (work() > kPieceWork && t.tiles_m * t.tiles_n < kFewTiles && k >= 2 * kMinKGroup) {
-    const std::int64_t by_work = ceil_div(work(), kPieceWork);
-    const std::int64_t by_depth = k / kMinKGroup;
-    const std::int64_t by_memory = std::max<std::int64_t>(1, kMaxPartials / (m * n));
-    const std::int64_t groups = std::min({by_work, by_depth, by_memory});
+  // Still too few pieces (a small C with a long K, as in a filter gradient): cut K too.
+  if (tiles() < want && k >= 2 * kMinKGroup) {
+    const std::int64_t groups = std::min({ceil_div(want, tiles()), k / kMinKGroup,
+                                          std::max<std::int64_t>(1, kMaxPartials / (rows * cols))});
     if (groups > 1) {
       t.k_group = round_up(ceil_div(k, groups), kAlign);
       t.groups = ceil_div(k, t.k_group);

@@ -8,7 +8,8 @@
 // different bits from the first step.
 //
 // blas_gemm does the threading itself. The product is cut into pieces fixed by its shape alone
-// (gemm_tiling): tiles of C, and for a tile with much more work than kPieceWork, groups of K.
+// (gemm_tiling): one piece per 4M multiply-adds, at most 16, as tiles of C, and when C is too
+// small for that many tiles, also as groups of K.
 // Each piece is one OpenBLAS call that runs on one thread (an OpenMP parallel loop over the
 // pieces; OpenBLAS's OpenMP build runs single-threaded inside a parallel region, and
 // SerialBlas makes sure of it elsewhere), so every element is the same single-threaded OpenBLAS
@@ -22,8 +23,8 @@
 namespace mixtrain::cpu {
 
 // How blas_gemm cuts an m x n x k product: tiles of tile_m x tile_n elements of C (the last ones
-// in each direction smaller), and groups of k_group along K (groups > 1 only when a tile alone
-// is far more work than a piece should be). A function of (m, n, k) only.
+// in each direction smaller), and groups of k_group along K (groups > 1 only when C has too few
+// tiles). A function of (m, n, k) only.
 struct GemmTiling {
   std::int64_t tile_m = 0, tile_n = 0, k_group = 0;
   std::int64_t tiles_m = 0, tiles_n = 0, groups = 0;
