@@ -1,9 +1,13 @@
 // The CPU backend: the portable default and the numerical reference. GEMMs go through OpenBLAS
-// (fp16/bf16 operands are widened to fp32 first, exactly as tensor cores accumulate in fp32);
-// every other op is an OpenMP loop templated on the storage type.
+// (fp16/bf16 operands are widened to fp32 first, exactly as tensor cores accumulate in fp32), cut
+// into pieces that each run single-threaded (cpu_blas.hpp); every other op is an OpenMP loop
+// templated on the storage type. Results are bit-identical for any thread count: every parallel
+// loop splits its work by the problem size only, and every sum over pieces adds them in a fixed
+// order.
 #pragma once
 
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "ops/backend.hpp"
@@ -95,6 +99,17 @@ class CpuBackend final : public Backend {
   // Grow-only fp32 staging for widened GEMM operands; sized on first use and then reused.
   std::vector<float>& scratch(int slot, std::size_t count);
   std::vector<float> scratch_[3];
+  // Grow-only scratch of blas_gemm's partial products (cpu_blas.hpp), per arithmetic type.
+  template <typename A>
+  std::vector<A>& gemm_partials() {
+    if constexpr (std::is_same_v<A, double>) {
+      return gemm_partials_f64_;
+    } else {
+      return gemm_partials_;
+    }
+  }
+  std::vector<float> gemm_partials_;
+  std::vector<double> gemm_partials_f64_;
   std::vector<double> check_partials_;  // check_gradients' per-block sums
   // Grow-only byte scratch of the convolutions (column buffers, fp32 staging); 64-byte aligned.
   void* conv_scratch(int slot, std::size_t bytes);

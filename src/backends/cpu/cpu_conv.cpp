@@ -10,8 +10,6 @@
 // fp32 products and accumulation); the F64 reference path gathers doubles and calls dgemm. A 1x1
 // convolution with stride 1 and no padding needs no gather: the input itself is the column
 // matrix.
-#include <cblas.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <new>
@@ -21,6 +19,7 @@
 #include <vector>
 
 #include "backends/cpu/cpu_backend.hpp"
+#include "backends/cpu/cpu_blas.hpp"
 #include "backends/cpu/cpu_convert.hpp"
 #include "backends/cpu/cpu_dispatch.hpp"
 #include "backends/cpu/cpu_rows.hpp"
@@ -28,22 +27,6 @@
 namespace mixtrain::cpu {
 
 namespace {
-
-template <typename A>
-void blas_gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
-               const A* a, std::int64_t lda, const A* b, std::int64_t ldb, A beta, A* c,
-               std::int64_t ldc) {
-  const auto ta = trans_a ? CblasTrans : CblasNoTrans;
-  const auto tb = trans_b ? CblasTrans : CblasNoTrans;
-  const auto i = [](std::int64_t v) { return static_cast<int>(v); };
-  if constexpr (std::is_same_v<A, double>) {
-    cblas_dgemm(CblasRowMajor, ta, tb, i(m), i(n), i(k), 1.0, a, i(lda), b, i(ldb), beta, c,
-                i(ldc));
-  } else {
-    cblas_sgemm(CblasRowMajor, ta, tb, i(m), i(n), i(k), 1.0f, a, i(lda), b, i(ldb), beta, c,
-                i(ldc));
-  }
-}
 
 // dst (+)= src, rounded once to T, in parallel blocks.
 template <typename T, typename A>
@@ -262,8 +245,8 @@ void CpuBackend::conv2d_forward(const ConvDesc& d, CBuf x, CBuf w, CBuf bias, Bu
       const auto [cols, input] = chunk_columns<T, A>(d, ge, px, n0, rows, scratch);
       for (std::int64_t g = 0; g < d.groups; ++g) {
         const auto [cg, ld] = group_columns(d, ge, px, input, n0, nb, g, cols);
-        blas_gemm<A>(false, true, rows, ge.kg, ge.kc, cg, ld, pw + g * ge.kg * ge.kc, ge.kc, A(0),
-                     out + g * ge.kg, d.K);
+        blas_gemm(false, true, rows, ge.kg, ge.kc, A(1), cg, ld, pw + g * ge.kg * ge.kc, ge.kc,
+                  A(0), out + g * ge.kg, d.K, gemm_partials<A>());
       }
       // Epilogue: bias, and the one rounding to T.
       const A* pb = b.empty() ? nullptr : b.data();
@@ -319,12 +302,13 @@ void CpuBackend::conv2d_backward_data(const ConvDesc& d, CBuf dy, CBuf w, Buf dx
         const A* dy_g = g_out + g * ge.kg;
         const A* w_g = pw + g * ge.kg * ge.kc;
         if (ge.identity) {
-          blas_gemm<A>(false, false, rows, ge.cg, ge.kg, dy_g, d.K, w_g, ge.kc, A(0),
-                       acc + g * ge.cg, d.C);
+          blas_gemm(false, false, rows, ge.cg, ge.kg, A(1), dy_g, d.K, w_g, ge.kc, A(0),
+                    acc + g * ge.cg, d.C, gemm_partials<A>());
         } else {
           A* dcol =
               static_cast<A*>(conv_scratch(0, static_cast<std::size_t>(rows * ge.kc) * sizeof(A)));
-          blas_gemm<A>(false, false, rows, ge.kc, ge.kg, dy_g, d.K, w_g, ge.kc, A(0), dcol, ge.kc);
+          blas_gemm(false, false, rows, ge.kc, ge.kg, A(1), dy_g, d.K, w_g, ge.kc, A(0), dcol,
+                    ge.kc, gemm_partials<A>());
           col2im(d, ge, dcol, nb, g, acc);
         }
       }
@@ -366,8 +350,8 @@ void CpuBackend::conv2d_backward_filter(const ConvDesc& d, CBuf x, CBuf dy, Buf 
       const auto [cols, input] = chunk_columns<T, A>(d, ge, px, n0, rows, scratch);
       for (std::int64_t g = 0; g < d.groups; ++g) {
         const auto [cg, ld] = group_columns(d, ge, px, input, n0, nb, g, cols);
-        blas_gemm<A>(true, false, ge.kg, ge.kc, rows, g_out + g * ge.kg, d.K, cg, ld, beta,
-                     pdw + g * ge.kg * ge.kc, ge.kc);
+        blas_gemm(true, false, ge.kg, ge.kc, rows, A(1), g_out + g * ge.kg, d.K, cg, ld, beta,
+                  pdw + g * ge.kg * ge.kc, ge.kc, gemm_partials<A>());
       }
     }
     if constexpr (!direct) {

@@ -1,9 +1,8 @@
-#include <cblas.h>
-
 #include <algorithm>
 #include <string>
 
 #include "backends/cpu/cpu_backend.hpp"
+#include "backends/cpu/cpu_blas.hpp"
 #include "backends/cpu/cpu_convert.hpp"
 #include "backends/cpu/cpu_dispatch.hpp"
 #include "ops/activation_math.hpp"
@@ -23,16 +22,14 @@ void widen_matrix(CBuf src, std::int64_t offset, std::int64_t rows, std::int64_t
   });
 }
 
-// The F64 reference: a, b, c (and the bias) all f64, one cblas_dgemm per batch entry.
-void gemm_f64(const GemmDesc& d) {
+// The F64 reference: a, b, c (and the bias) all f64, one blas_gemm per batch entry.
+void gemm_f64(const GemmDesc& d, std::vector<double>& partials) {
   if (d.a.dtype != DType::F64 || d.c.dtype != DType::F64 ||
       (d.bias && d.bias.dtype != DType::F64)) {
     throw Error("internal: an f64 gemm needs f64 operands, output and bias, got " +
                 std::string(dtype_name(d.a.dtype)) + " operands and " +
                 std::string(dtype_name(d.c.dtype)) + " output");
   }
-  const auto ta = d.trans_a ? CblasTrans : CblasNoTrans;
-  const auto tb = d.trans_b ? CblasTrans : CblasNoTrans;
   for (std::int64_t batch = 0; batch < d.batch; ++batch) {
     const double* pa = as<double>(d.a.ptr) + batch * d.stride_a;
     const double* pb = as<double>(d.b.ptr) + batch * d.stride_b;
@@ -43,9 +40,8 @@ void gemm_f64(const GemmDesc& d) {
       for (std::int64_t r = 0; r < d.m; ++r) std::copy_n(bias, d.n, pc + r * d.ldc);
       beta = 1.0;
     }
-    cblas_dgemm(CblasRowMajor, ta, tb, static_cast<int>(d.m), static_cast<int>(d.n),
-                static_cast<int>(d.k), d.alpha, pa, static_cast<int>(d.lda), pb,
-                static_cast<int>(d.ldb), beta, pc, static_cast<int>(d.ldc));
+    blas_gemm(d.trans_a, d.trans_b, d.m, d.n, d.k, static_cast<double>(d.alpha), pa, d.lda, pb,
+              d.ldb, beta, pc, d.ldc, partials);
     if (d.epilogue == Activation::Identity) continue;
     if (d.aux) {
       double* aux = as<double>(d.aux.ptr) + batch * d.stride_c;
@@ -91,7 +87,7 @@ void CpuBackend::gemm(const GemmDesc& d) {
     bias_grad(of_a ? d.a : d.b, d.bias_grad, d.k, of_a ? d.m : d.n, false);
   }
   if (d.a.dtype == DType::F64 || d.c.dtype == DType::F64) {
-    gemm_f64(d);
+    gemm_f64(d, gemm_partials<double>());
     return;
   }
   const Activation act = d.epilogue;
@@ -102,8 +98,6 @@ void CpuBackend::gemm(const GemmDesc& d) {
   float* a32 = wide ? nullptr : scratch(0, static_cast<std::size_t>(a_rows * a_cols)).data();
   float* b32 = wide ? nullptr : scratch(1, static_cast<std::size_t>(b_rows * b_cols)).data();
   float* c32 = direct_c ? nullptr : scratch(2, static_cast<std::size_t>(d.m * d.n)).data();
-  const auto ta = d.trans_a ? CblasTrans : CblasNoTrans;
-  const auto tb = d.trans_b ? CblasTrans : CblasNoTrans;
 
   for (std::int64_t batch = 0; batch < d.batch; ++batch) {
     const float* pa;
@@ -131,9 +125,8 @@ void CpuBackend::gemm(const GemmDesc& d) {
         });
         beta = 1.0f;
       }
-      cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(d.m), static_cast<int>(d.n),
-                  static_cast<int>(d.k), d.alpha, pa, static_cast<int>(lda), pb,
-                  static_cast<int>(ldb), beta, pc, static_cast<int>(d.ldc));
+      blas_gemm(d.trans_a, d.trans_b, d.m, d.n, d.k, d.alpha, pa, lda, pb, ldb, beta, pc, d.ldc,
+                gemm_partials<float>());
       if (act == Activation::Identity) continue;
       // The epilogue on the fp32 result z: aux = z, C = act(z), in the activation layers' math.
       float* aux = d.aux ? static_cast<float*>(d.aux.ptr) + batch * d.stride_c : nullptr;
@@ -145,9 +138,8 @@ void CpuBackend::gemm(const GemmDesc& d) {
       }
       continue;
     }
-    cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(d.m), static_cast<int>(d.n),
-                static_cast<int>(d.k), d.alpha, pa, static_cast<int>(lda), pb,
-                static_cast<int>(ldb), 0.0f, c32, static_cast<int>(d.n));
+    blas_gemm(d.trans_a, d.trans_b, d.m, d.n, d.k, d.alpha, pa, lda, pb, ldb, 0.0f, c32, d.n,
+              gemm_partials<float>());
     // Epilogue in fp32, one rounding to the output type (and one to aux's, of z).
     dispatch_float(d.c.dtype, [&](auto t) {
       using T = decltype(t);
