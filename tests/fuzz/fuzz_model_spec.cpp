@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <string_view>
 
+#include <nlohmann/json.hpp>  // to_json()'s value: model.hpp declares it only
+
 #include "mixtrain/error.hpp"
 #include "mixtrain/model.hpp"
 
